@@ -161,23 +161,24 @@ class Registry:
 
     def unknown_message(self, kind: Kind, name: Any) -> str:
         table = self._by_kind[kind.name]
-        parts = [f"unknown {kind.title} {name!r}"]
+        head = f"unknown {kind.title} {name!r}"
         close = difflib.get_close_matches(str(name), list(table), n=3, cutoff=0.4)
         if close:
-            parts.append("did you mean " + " or ".join(repr(c) for c in close) + "?")
+            head += "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+        parts = [head]
         if table:
             providers: dict[str, list[str]] = {}
             for entry in table.values():
                 providers.setdefault(entry.plugin.label, []).append(entry.name)
             parts.append(
-                "installed: "
-                + "; ".join(f"{', '.join(sorted(names))} from {label}" for label, names in providers.items())
+                "installed:"
+                + ";".join(f" {', '.join(sorted(names))} from {label}" for label, names in providers.items())
             )
         else:
             parts.append(f"no installed plugin provides a {kind.title}")
         for failed in self.failures:
             parts.append(f"note: {failed.label} failed to load: {failed.errors[0]}")
-        return "; ".join(parts)
+        return " ".join(p if p.endswith(("?", ".")) else p + "." for p in parts)
 
 
 class PluginSystem:

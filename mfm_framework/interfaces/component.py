@@ -46,7 +46,7 @@ class Component:
     def summary(cls) -> str:
         """First line of the class docstring (used by ``mfm ls``)."""
         doc = inspect.getdoc(cls) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        return doc.strip().splitlines()[0].replace("``", "") if doc.strip() else ""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options!r})"

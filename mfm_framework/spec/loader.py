@@ -1,0 +1,266 @@
+"""Reading, overriding, validating and writing run specs."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+import re
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+import attrs
+import tomli_w
+
+from mfm_framework.errors import UnknownComponentError
+from mfm_framework.spec.converter import iter_problems, make_converter, type_name
+from mfm_framework.spec.problems import SpecError, SpecProblem
+from mfm_framework.spec.schema import ComponentSpec, RunSpec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+if typing.TYPE_CHECKING:  # pragma: no cover
+    from mfm_framework.plugins import Registry
+
+__all__ = ["LoadedSpec", "load_spec", "parse_spec", "dump_spec", "read_toml"]
+
+
+@attrs.frozen(kw_only=True)
+class LoadedSpec:
+    """A validated spec and where it came from.
+
+    Attributes:
+        spec: the structured :class:`RunSpec`.
+        source: the file it was read from.
+        resolved: the raw, fully explicit form (what ``resolved.toml`` holds).
+    """
+
+    spec: RunSpec
+    source: str
+    resolved: dict[str, Any]
+
+
+_TOML_LOCATION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file.
+
+    Raises:
+        SpecError: the file is missing, unreadable, not UTF-8 or not valid TOML (with line:column).
+    """
+    source = str(path)
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([SpecProblem(source=source, path="", message="no such file")]) from None
+    except IsADirectoryError:
+        raise SpecError([SpecProblem(source=source, path="", message="is a directory, not a TOML file")]) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError([SpecProblem(source=source, path="", message=f"not UTF-8 text ({exc.reason})")]) from None
+    except OSError as exc:
+        raise SpecError([SpecProblem(source=source, path="", message=f"cannot read: {exc.strerror}")]) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc.args[0]) if exc.args else str(exc)
+        location = ""
+        match = _TOML_LOCATION.search(message)
+        if match:
+            location = f"{match.group(1)}:{match.group(2)}"
+            message = message[: match.start()]
+        raise SpecError(
+            [SpecProblem(source=source, path="", location=location, message=f"TOML syntax error: {message}")]
+        ) from None
+
+
+# ----------------------------------------------------------------------------- schema walking
+def _unwrap_optional(tp: Any) -> Any:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+        return args[0]
+    return tp
+
+
+def _is_component(tp: Any) -> bool:
+    return inspect.isclass(tp) and issubclass(tp, ComponentSpec)
+
+
+def _resolve_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _fill_defaults(cls: type, raw: dict[str, Any]) -> None:
+    """Insert the ``fill`` defaults of omitted sections and component tables, recursively."""
+    hints = _resolve_types(cls)
+    for field in attrs.fields(cls):
+        if field.name not in raw and "fill" in field.metadata:
+            raw[field.name] = copy.deepcopy(field.metadata["fill"])
+        tp = _unwrap_optional(hints[field.name])
+        value = raw.get(field.name)
+        if isinstance(value, dict) and attrs.has(tp) and not _is_component(tp):
+            _fill_defaults(tp, value)
+
+
+def _strip_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_strip_none(v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------------- overrides
+@attrs.frozen
+class _Override:
+    arg: str
+    keys: tuple[str, ...]
+    text: str
+
+    @property
+    def path(self) -> str:
+        return "$." + ".".join(self.keys)
+
+
+def _parse_override(arg: str) -> _Override:
+    key, sep, text = arg.partition("=")
+    keys = tuple(k.strip() for k in key.strip().split("."))
+    if not sep or not key.strip() or any(not k for k in keys):
+        raise ValueError("expected KEY.PATH=VALUE, e.g. --set run.seed=3")
+    return _Override(arg=arg, keys=keys, text=text.strip())
+
+
+def _type_at(keys: tuple[str, ...], raw: dict[str, Any], registry: Registry) -> Any:
+    """The schema type at a key path; the kind of a component table is read from ``raw``."""
+    tp: Any = RunSpec
+    node: Any = raw
+    for depth, key in enumerate(keys):
+        where = "$." + ".".join(keys[:depth]) if depth else "the spec"
+        tp = _unwrap_optional(tp)
+        if _is_component(tp):
+            if key == "kind":
+                tp = str
+            else:
+                name = node.get("kind") if isinstance(node, dict) else node
+                if not isinstance(name, str):
+                    raise ValueError(f"{where} has no 'kind' to take options from; set {where[2:]}.kind first")
+                tp = registry.get(tp.kind, name).cls.Options
+                tp = _field_type(tp, key, where)
+        elif attrs.has(tp):
+            tp = _field_type(tp, key, where)
+        else:
+            raise ValueError(f"{where} is {type_name(tp)}, it has no key {key!r}")
+        node = node.get(key) if isinstance(node, dict) else None
+    return tp
+
+
+def _field_type(cls: type, key: str, where: str) -> Any:
+    hints = _resolve_types(cls)
+    names = [f.name for f in attrs.fields(cls)]
+    if key not in names:
+        close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+        hint = ("; did you mean " + " or ".join(repr(c) for c in close) + "?") if close else ""
+        valid = f" (valid: {', '.join(names)})" if names else " (it takes no keys)"
+        raise ValueError(f"unknown key {key!r} in {where}{hint}{valid}")
+    return hints[key]
+
+
+def _parse_value(text: str, tp: Any) -> Any:
+    """Parse an override's text as a TOML value, or keep it as a string where a string is expected."""
+    tp = _unwrap_optional(tp)
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = None
+        parsed = False
+    else:
+        parsed = True
+    wants_string = tp is str or _is_component(tp) or (
+        typing.get_origin(tp) is typing.Literal and all(isinstance(a, str) for a in typing.get_args(tp))
+    )
+    if wants_string and not (parsed and isinstance(value, str)):
+        return text
+    if not parsed:
+        raise ValueError(f"cannot parse {text!r} as {type_name(tp)} (values are TOML: 3, 0.5, true, \"text\", [1, 2])")
+    return value
+
+
+def _apply_override(raw: dict[str, Any], override: _Override, value: Any) -> None:
+    node = raw
+    for key in override.keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {"kind": child} if isinstance(child, str) else {}
+            node[key] = child
+        node = child
+    node[override.keys[-1]] = value
+
+
+# ----------------------------------------------------------------------------- validation
+def parse_spec(
+    raw: dict[str, Any],
+    *,
+    source: str,
+    registry: Registry,
+    overrides: typing.Sequence[str] = (),
+    default_name: str | None = None,
+) -> LoadedSpec:
+    """Validate a raw spec (as read from TOML) with ``--set`` overrides applied.
+
+    Raises:
+        SpecError: listing every problem, each with its source and key path.
+    """
+    registry.check()
+    raw = copy.deepcopy(raw)
+    problems: list[SpecProblem] = []
+    applied: list[_Override] = []
+    _fill_defaults(RunSpec, raw)
+    for arg in overrides:
+        try:
+            override = _parse_override(arg)
+            value = _parse_value(override.text, _type_at(override.keys, raw, registry))
+        except (ValueError, UnknownComponentError) as exc:
+            problems.append(SpecProblem(source=f"--set {arg}", path="", message=str(exc)))
+            continue
+        _apply_override(raw, override, value)
+        applied.append(override)
+    _fill_defaults(RunSpec, raw)  # an override may have created a section
+    if default_name is not None and isinstance(raw.get("run"), dict):
+        raw["run"].setdefault("name", default_name)
+    if problems:  # overrides that do not fit the schema: report before validating their effect
+        raise SpecError(problems)
+
+    converter = make_converter(registry)
+    try:
+        spec = converter.structure(raw, RunSpec)
+    except Exception as exc:  # cattrs error group: translate every leaf
+        for path, message in iter_problems(exc):
+            origin = next(
+                (o for o in reversed(applied) if path == o.path or path.startswith(o.path + ".")), None
+            )
+            problems.append(SpecProblem(source=f"--set {origin.arg}" if origin else source, path=path, message=message))
+        raise SpecError(problems) from None
+    resolved = _strip_none(converter.unstructure(spec))
+    return LoadedSpec(spec=spec, source=source, resolved=resolved)
+
+
+def _default_name(path: Path) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip("-.")
+    return name or "run"
+
+
+def load_spec(path: str | Path, *, registry: Registry, overrides: typing.Sequence[str] = ()) -> LoadedSpec:
+    """Read and validate a TOML run spec; ``run.name`` defaults to the file's stem."""
+    raw = read_toml(path)
+    return parse_spec(raw, source=str(path), registry=registry, overrides=overrides, default_name=_default_name(Path(path)))
+
+
+def dump_spec(resolved: dict[str, Any]) -> str:
+    """The TOML text of a resolved spec (``kind`` first in every component table)."""
+    return tomli_w.dumps(resolved)
