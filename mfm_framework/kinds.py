@@ -36,6 +36,11 @@ class Kind:
         """Human-readable singular, e.g. ``"value estimator"``."""
         return self.name.replace("-", " ")
 
+    @property
+    def a_title(self) -> str:
+        """The title with its article, e.g. ``"an interpolant"``."""
+        return ("an " if self.title[0] in "aeiou" else "a ") + self.title
+
     def interface_class(self) -> type:
         """Import and return the abstract base class (imports torch)."""
         module, _, qualname = self.interface.rpartition(".")

@@ -175,7 +175,7 @@ class Registry:
                 + ";".join(f" {', '.join(sorted(names))} from {label}" for label, names in providers.items())
             )
         else:
-            parts.append(f"no installed plugin provides a {kind.title}")
+            parts.append(f"no installed plugin provides {kind.a_title}")
         for failed in self.failures:
             parts.append(f"note: {failed.label} failed to load: {failed.errors[0]}")
         return " ".join(p if p.endswith(("?", ".")) else p + "." for p in parts)

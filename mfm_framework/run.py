@@ -134,9 +134,9 @@ def execute_run(ctx: RunContext) -> dict[str, Any]:
     start = time.time()
     hook = ctx.plugins.hook
     torch.manual_seed(ctx.spec.run.seed)
-    hook.mfm_run_start(run=ctx)
     summary: dict[str, Any] = {"run": ctx.spec.run.name, "status": "running", "stages": ctx.summary}
     try:
+        hook.mfm_run_start(run=ctx)
         for name, stage in stages_for(ctx.spec):
             ctx.summary[name] = stage(ctx)
     except BaseException as exc:

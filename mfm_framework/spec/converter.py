@@ -61,7 +61,7 @@ def type_name(tp: Any) -> str:
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         return " or ".join(type_name(a) for a in typing.get_args(tp) if a is not type(None))
     if isinstance(tp, type) and issubclass(tp, ComponentSpec):
-        return f"a {tp.kind.title} table"
+        return f"{tp.kind.a_title} table"
     if attrs.has(tp):
         return "a table"
     return {int: "integer", float: "number", str: "string", bool: "boolean"}.get(tp, getattr(tp, "__name__", str(tp)))
@@ -189,14 +189,14 @@ def make_converter(registry: Registry) -> cattrs.Converter:
             if isinstance(value, str):  # shorthand: `interpolant = "linear"`
                 value = {"kind": value}
             if not isinstance(value, dict):
-                raise WrongType(f"a {kind.title} table with a 'kind' key", value)
+                raise WrongType(f"{kind.a_title} table with a 'kind' key", value)
             if "kind" not in value:
                 raise _AtKey("kind", UnknownComponentError(
                     f"missing: which {kind.title}? " + registry.unknown_message(kind, "").split("; ", 1)[-1]
                 ))
             name = value["kind"]
             if not isinstance(name, str):
-                raise _AtKey("kind", WrongType(f"a {kind.title} name (string)", name))
+                raise _AtKey("kind", WrongType(f"{kind.a_title} name (string)", name))
             try:
                 entry = registry.get(kind, name)
             except UnknownComponentError as exc:
