@@ -2,7 +2,7 @@
 
 from mfm_framework.interfaces.backbone import Backbone
 from mfm_framework.interfaces.component import Component, NoOptions, describe_options
-from mfm_framework.interfaces.data import DataBatch, DataSource, Metric
+from mfm_framework.interfaces.data import DataBatch, DataSource, ExactData, Metric, SamplableData
 from mfm_framework.interfaces.integrator import Diffusion, Drift, IntegrationResult, Integrator
 from mfm_framework.interfaces.interpolant import GlassFusion, Interpolant
 from mfm_framework.interfaces.model import FlowMapModel
@@ -16,6 +16,7 @@ __all__ = [
     "DataBatch",
     "DataSource",
     "DiagonalTarget",
+    "ExactData",
     "Diffusion",
     "Drift",
     "FlowMapModel",
@@ -27,6 +28,7 @@ __all__ = [
     "Metric",
     "NoOptions",
     "Reward",
+    "SamplableData",
     "SteeringContext",
     "TrainingBatch",
     "ValueEstimator",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 import attrs
 import torch
@@ -12,7 +12,10 @@ from torch import Tensor
 
 from mfm_framework.interfaces.component import Component
 
-__all__ = ["DataSource", "DataBatch", "Metric"]
+if TYPE_CHECKING:  # pragma: no cover
+    from mfm_framework.interfaces.interpolant import Interpolant
+
+__all__ = ["DataSource", "DataBatch", "Metric", "SamplableData", "ExactData"]
 
 
 @attrs.frozen(kw_only=True)
@@ -46,6 +49,46 @@ class DataSource(Component, abc.ABC):
 
         Every rank gets the same number of batches per epoch (DDP requires it).
         """
+
+
+@runtime_checkable
+class SamplableData(Protocol):
+    """Capability of a data source that draws exact i.i.d. samples (toy laws)."""
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> DataBatch:
+        """``n`` i.i.d. draws of ``x_1 ~ p_1``: ``x_1`` ``[n, *D]``."""
+        ...
+
+
+@runtime_checkable
+class ExactData(SamplableData, Protocol):
+    """Capability of a data law whose marginals and posteriors under an interpolant are known.
+
+    Every method takes the interpolant ``(alpha, beta)`` that defines ``x_t``; times are ``[B]``
+    (or scalars), states ``[B, *D]``. These are the ground truth of evaluation (MATH.md section 8).
+    """
+
+    def denoiser(self, *, t: Tensor, x: Tensor, interpolant: Interpolant) -> Tensor:
+        """``D_t(x) = E[x_1 | x_t = x]``, ``[B, *D]``."""
+        ...
+
+    def velocity(self, *, t: Tensor, x: Tensor, interpolant: Interpolant) -> Tensor:
+        """``b_t(x) = E[dalpha_t x_0 + dbeta_t x_1 | x_t = x]``, ``[B, *D]``."""
+        ...
+
+    def score(self, *, t: Tensor, x: Tensor, interpolant: Interpolant) -> Tensor:
+        """``grad log p_t(x)``, ``[B, *D]``."""
+        ...
+
+    def posterior_sample(
+        self, *, t: Tensor, x: Tensor, n: int, interpolant: Interpolant, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """``n`` i.i.d. draws from ``p_{1|t}(. | x)`` per context: ``[B, n, *D]``."""
+        ...
+
+    def posterior_log_prob(self, *, t: Tensor, x: Tensor, x_1: Tensor, interpolant: Interpolant) -> Tensor:
+        """``log p_{1|t}(x_1 | x)`` for ``x_1`` ``[B, M, *D]`` per context ``x`` ``[B, *D]``: ``[B, M]``."""
+        ...
 
 
 class Metric(Component, abc.ABC):

@@ -22,8 +22,15 @@ class DiagonalTarget(Component, abc.ABC):
     GLASS fusion (MATH.md sections 3 and 4).
     """
 
-    def prepare(self, *, model: FlowMapModel, device: torch.device) -> None:  # noqa: B027
-        """Load what the target needs (a teacher checkpoint, say) before training starts."""
+    def prepare(self, *, model: FlowMapModel, data: Any, device: torch.device) -> None:  # noqa: B027
+        """Load what the target needs before training starts.
+
+        Args:
+            model: the meta flow map being trained (its interpolants).
+            data: the run's :class:`~mfm_framework.interfaces.DataSource` (a teacher may use its
+                exact velocity when it is :class:`~mfm_framework.interfaces.ExactData`).
+            device: where training runs.
+        """
 
     @abc.abstractmethod
     def drift(

@@ -63,7 +63,7 @@ TEST_ODES: tuple[LinearODE, ...] = (
         drift=_cos_drift,
         flow=lambda x, t0, t1: x * math.exp(math.sin(t1) - math.sin(t0)),
         shape=(2,),
-        span=(0.5, 2.5),
+        span=(0.25, 1.75),
     ),
     LinearODE(
         name="dx/dt = [[0, -1], [1, 0]] x",
