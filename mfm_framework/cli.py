@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("spec", metavar="SPEC", help="a TOML run spec")
     _add_set(run)
     run.add_argument("--out", metavar="DIR", help="run directory (default: <run.out_dir>/<run.name>)")
+    run.add_argument("--resume", action="store_true", help="continue the run in its directory from its last checkpoint")
     run.set_defaults(func=_cmd_run)
 
     validate = sub.add_parser("validate", parents=[common], help="check specs and report every problem")
@@ -77,10 +78,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     system = default_plugin_system()
     loaded = load_spec(args.spec, registry=system.registry, overrides=args.overrides)
-    ctx = prepare_run(loaded, plugins=system, run_dir=args.out)
+    ctx = prepare_run(loaded, plugins=system, run_dir=args.out, resume=args.resume)
     print(f"mfm: run {loaded.spec.run.name} -> {ctx.run_dir}", file=sys.stderr)
     summary = execute_run(ctx)
-    print(format_summary(summary))
+    print(format_summary(summary, ctx.tables))
     return EXIT_OK
 
 

@@ -9,6 +9,7 @@ A run directory holds ``resolved.toml`` and ``plugins.json`` (written before any
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,19 +35,27 @@ class RunContext:
 
     Attributes:
         spec: the validated spec.
+        resolved: the resolved spec as raw TOML data (what ``resolved.toml`` holds).
         run_dir: the run directory.
         plugins: the plugin system (lifecycle hooks: ``plugins.hook.mfm_...``).
         device: where tensors live.
         dtype: the floating-point dtype of models and data.
         summary: headline numbers by stage; written to ``summary.json`` at the end.
+        tables: formatted tables by stage, printed at the end of the run instead of raw numbers.
+        data: the data source, when the spec has one.
+        model: the meta flow map (set by training, or loaded for evaluation).
     """
 
     spec: RunSpec
+    resolved: dict[str, Any]
     run_dir: Path
     plugins: PluginSystem
     device: torch.device
     dtype: torch.dtype
     summary: dict[str, Any] = attrs.field(factory=dict)
+    tables: dict[str, str] = attrs.field(factory=dict)
+    data: Any = None
+    model: Any = None
 
     @property
     def metrics_path(self) -> Path:
@@ -56,9 +65,9 @@ class RunContext:
         """Append one record (with a wall-clock ``time``) to ``metrics.jsonl``."""
         append_jsonl(self.metrics_path, {"time": round(time.time(), 3), **record})
 
-    def generator(self, offset: int = 0) -> torch.Generator:
-        """A generator on the run's device seeded with ``run.seed + offset``."""
-        gen = torch.Generator(device=self.device)
+    def generator(self, offset: int = 0, *, device: torch.device | str | None = None) -> torch.Generator:
+        """A generator seeded with ``run.seed + offset`` (on the run's device unless given)."""
+        gen = torch.Generator(device=self.device if device is None else device)
         gen.manual_seed(self.spec.run.seed + offset)
         return gen
 
@@ -78,28 +87,73 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def prepare_run(loaded: LoadedSpec, *, plugins: PluginSystem, run_dir: str | Path | None = None) -> RunContext:
+def prepare_run(
+    loaded: LoadedSpec, *, plugins: PluginSystem, run_dir: str | Path | None = None, resume: bool = False
+) -> RunContext:
     """Create the run directory and write ``resolved.toml`` and ``plugins.json`` before any work.
 
+    With ``resume``, the directory must hold a run of the same resolved spec; its files are kept
+    and the stages continue from their checkpoints.
+
     Raises:
-        MfmUserError: the run directory already holds something, or the device is unavailable.
-            Nothing is written in that case.
+        MfmUserError: the run directory already holds something (or, resuming, holds nothing or a
+            different spec), or the device is unavailable. Nothing is written in that case.
     """
     spec = loaded.spec
     path = Path(run_dir) if run_dir is not None else Path(spec.run.out_dir) / spec.run.name
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if resume:
+        _check_resumable(path, loaded)
+    elif path.exists() and (not path.is_dir() or any(path.iterdir())):
         status = _status_of(path)
         raise MfmUserError(
             f"run directory {path} already exists{f' ({status})' if status else ''}; nothing was changed. "
-            "Choose another name (--set run.name=...) or directory (--out DIR), or remove it"
+            "Continue it with --resume, or choose another name (--set run.name=...) or directory (--out DIR)"
         )
     device = resolve_device(spec.run.device)
     dtype = getattr(torch, spec.run.dtype)
     path.mkdir(parents=True, exist_ok=True)
-    header = f"# resolved from {loaded.source}: every default made explicit; `mfm run` accepts this file\n"
-    atomic_write_text(path / "resolved.toml", header + dump_spec(loaded.resolved))
+    if not resume:
+        header = f"# resolved from {loaded.source}: every default made explicit; `mfm run` accepts this file\n"
+        atomic_write_text(path / "resolved.toml", header + dump_spec(loaded.resolved))
     atomic_write_json(path / "plugins.json", plugins.to_json())
-    return RunContext(spec=spec, run_dir=path, plugins=plugins, device=device, dtype=dtype)
+    ctx = RunContext(spec=spec, resolved=loaded.resolved, run_dir=path, plugins=plugins, device=device, dtype=dtype)
+    if spec.data is not None:
+        ctx.data = spec.data.build()
+    return ctx
+
+
+def _check_resumable(path: Path, loaded: LoadedSpec) -> None:
+    from mfm_framework.spec import read_toml
+
+    stored_path = path / "resolved.toml"
+    if not stored_path.is_file():
+        raise MfmUserError(f"nothing to resume: {stored_path} does not exist (run without --resume to start)")
+    stored = read_toml(stored_path)
+    if stored != loaded.resolved:
+        diffs = _differences(stored, loaded.resolved)
+        raise MfmUserError(
+            f"cannot resume {path}: the spec differs from its resolved.toml at "
+            + ", ".join(diffs[:8])
+            + ("..." if len(diffs) > 8 else "")
+            + "; resume with the same spec (or run the stored one: mfm run "
+            + f"{stored_path} --resume --out {path})"
+        )
+
+
+def _differences(a: Any, b: Any, prefix: str = "$") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in sorted(set(a) | set(b)):
+            out += _differences(a.get(key), b.get(key), f"{prefix}.{key}")
+        return out
+    return [] if a == b else [prefix]
+
+
+def _read_summary(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((path / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _status_of(path: Path) -> str:
@@ -113,16 +167,32 @@ def _components_stage(ctx: RunContext) -> dict[str, Any]:
     """Instantiate every component the spec names, so a broken one fails before long work."""
     built = {}
     for path, comp in ctx.spec.components().items():
-        if comp.kind.name == "backbone":
-            continue  # built by the engine that knows the data shape
-        comp.build()
+        if comp.kind.name != "backbone":  # built by the engine that knows the data shape
+            comp.build()
         built[path] = comp.name
     return built
 
 
+def _train_stage(ctx: RunContext) -> dict[str, Any]:
+    from mfm_framework.engine.train import train_stage
+
+    return train_stage(ctx)
+
+
+def _evaluate_stage(ctx: RunContext) -> dict[str, Any]:
+    from mfm_framework.engine.evaluate import evaluate_stage
+
+    return evaluate_stage(ctx)
+
+
 def stages_for(spec: RunSpec) -> list[tuple[str, Stage]]:
     """The stages a spec asks for, in execution order."""
-    return [("components", _components_stage)]
+    stages: list[tuple[str, Stage]] = [("components", _components_stage)]
+    if spec.train is not None:
+        stages.append(("train", _train_stage))
+    if spec.evaluate is not None:
+        stages.append(("evaluate", _evaluate_stage))
+    return stages
 
 
 def execute_run(ctx: RunContext) -> dict[str, Any]:
@@ -131,6 +201,10 @@ def execute_run(ctx: RunContext) -> dict[str, Any]:
     Returns:
         The summary (also written to ``summary.json``).
     """
+    previous = _read_summary(ctx.run_dir)
+    if previous is not None and previous.get("status") == "complete":
+        print(f"mfm: {ctx.run_dir} is already complete; nothing to do", file=sys.stderr)
+        return previous
     start = time.time()
     hook = ctx.plugins.hook
     torch.manual_seed(ctx.spec.run.seed)
@@ -150,8 +224,9 @@ def execute_run(ctx: RunContext) -> dict[str, Any]:
     return summary
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """The summary as a plain-text table: one row per headline number."""
+def format_summary(summary: dict[str, Any], tables: dict[str, str] | None = None) -> str:
+    """The summary as plain text: a stage's own table where it made one, else one row per number."""
+    tables = tables or {}
     rows: list[tuple[str, str]] = []
 
     def walk(prefix: str, value: Any) -> None:
@@ -163,9 +238,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         else:
             rows.append((prefix, str(value)))
 
-    walk("", summary.get("stages", {}))
+    for stage, value in summary.get("stages", {}).items():
+        if stage not in tables:
+            walk(stage, value)
     title = f"run {summary.get('run')}: {summary.get('status')} in {summary.get('elapsed_s', 0):.2f} s"
-    if not rows:
-        return title
-    width = max(len(k) for k, _ in rows)
-    return "\n".join([title, *(f"  {k.ljust(width)}  {v}" for k, v in rows)])
+    width = max((len(k) for k, _ in rows), default=0)
+    lines = [title, *(f"  {k.ljust(width)}  {v}" for k, v in rows)]
+    return "\n\n".join(["\n".join(lines), *tables.values()])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -95,7 +95,13 @@ class ConsistencyLoss(Component, abc.ABC):
     """A training objective for a meta flow map: the diagonal term plus a consistency term.
 
     Cost: stated by each implementation (forwards and JVPs per example).
+
+    Attributes:
+        requires_jvp: True when the loss takes forward-mode JVPs through the backbone (the engine
+            refuses backbones whose ``supports_jvp`` is False).
     """
+
+    requires_jvp: ClassVar[bool] = False
 
     @abc.abstractmethod
     def __call__(self, model: FlowMapModel, batch: TrainingBatch) -> LossTerms:

@@ -246,8 +246,27 @@ def parse_spec(
             )
             problems.append(SpecProblem(source=f"--set {origin.arg}" if origin else source, path=path, message=message))
         raise SpecError(problems) from None
+    problems = [SpecProblem(source=source, path=path, message=message) for path, message in _cross_checks(spec)]
+    if problems:
+        raise SpecError(problems)
     resolved = _strip_none(converter.unstructure(spec))
     return LoadedSpec(spec=spec, source=source, resolved=resolved)
+
+
+def _cross_checks(spec: RunSpec) -> list[tuple[str, str]]:
+    """Problems that involve more than one section."""
+    problems = []
+    for section in ("train", "evaluate"):
+        if getattr(spec, section) is not None and spec.data is None:
+            problems.append(("$.data", f"required by [{section}]: which data source? (`mfm ls data-sources`)"))
+            break
+    if spec.evaluate is not None and spec.train is None and spec.evaluate.model is None:
+        problems.append(("$.evaluate.model", "which model? give the path of a model.pt, or add a [train] section"))
+    if spec.evaluate is not None:
+        names = [m.name for m in spec.evaluate.metrics]
+        if spec.evaluate.headline not in names:
+            problems.append(("$.evaluate.headline", f"{spec.evaluate.headline!r} is not one of the metrics ({', '.join(names) or 'none'})"))
+    return problems
 
 
 def _default_name(path: Path) -> str:

@@ -28,6 +28,8 @@ __all__ = [
     "MetricSpec",
     "RunSection",
     "ModelSection",
+    "TrainSection",
+    "EvaluateSection",
     "RunSpec",
     "filled",
 ]
@@ -124,7 +126,103 @@ class ModelSection:
 
     interpolant: InterpolantSpec = filled({"kind": "linear"})
     inner_interpolant: InterpolantSpec = filled({"kind": "linear"})
-    backbone: BackboneSpec | None = None
+    backbone: BackboneSpec = filled({"kind": "mlp"})
+
+
+_pos = attrs.validators.gt(0)
+_nonneg = attrs.validators.ge(0)
+_unit = [attrs.validators.ge(0), attrs.validators.le(1)]
+
+
+@attrs.frozen(kw_only=True)
+class TrainSection:
+    """``[train]``: training a meta flow map (MATH.md section 4).
+
+    Attributes:
+        steps: optimizer steps.
+        batch_size: examples per step.
+        optimizer: ``"adamw"`` or ``"radam"``.
+        lr: peak learning rate.
+        beta1, beta2: Adam moment decays.
+        weight_decay: decoupled weight decay.
+        warmup_steps: linear warm-up from 0 to ``lr``.
+        schedule: after warm-up, ``"constant"`` or ``"cosine"`` decay to 0.
+        grad_clip: maximum gradient norm (0: no clipping).
+        ema_decay: decay of the EMA of the weights used for sampling and evaluation.
+        q0: probability of the context time ``t = 0`` exactly (paper: 0.1).
+        gamma: other context times are ``U^gamma`` (paper: 2 on ImageNet).
+        log_every: steps between records in ``metrics.jsonl``.
+        checkpoint_every: steps between training checkpoints (0: only the last).
+        keep_checkpoints: how many recent checkpoints to keep.
+        loss: the consistency loss (``[train.loss]``).
+        target: the diagonal target (``[train.target]``).
+    """
+
+    steps: int = attrs.field(default=10_000, validator=_pos)
+    batch_size: int = attrs.field(default=512, validator=_pos)
+    optimizer: Literal["adamw", "radam"] = "adamw"
+    lr: float = attrs.field(default=1e-3, validator=_pos)
+    beta1: float = attrs.field(default=0.9, validator=_unit)
+    beta2: float = attrs.field(default=0.999, validator=_unit)
+    weight_decay: float = attrs.field(default=0.0, validator=_nonneg)
+    warmup_steps: int = attrs.field(default=200, validator=_nonneg)
+    schedule: Literal["constant", "cosine"] = "cosine"
+    grad_clip: float = attrs.field(default=1.0, validator=_nonneg)
+    ema_decay: float = attrs.field(default=0.999, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
+    q0: float = attrs.field(default=0.1, validator=_unit)
+    gamma: float = attrs.field(default=1.0, validator=_pos)
+    log_every: int = attrs.field(default=100, validator=_pos)
+    checkpoint_every: int = attrs.field(default=1000, validator=_nonneg)
+    keep_checkpoints: int = attrs.field(default=2, validator=_pos)
+    loss: ConsistencyLossSpec = filled({"kind": "eulerian"})
+    target: DiagonalTargetSpec = filled({"kind": "data"})
+
+
+def _each(validator: Any) -> Any:
+    return attrs.validators.deep_iterable(member_validator=validator)
+
+
+@attrs.frozen(kw_only=True)
+class EvaluateSection:
+    """``[evaluate]``: distances of posterior and unconditional samples to the exact law.
+
+    Needs a data source with closed forms (``ExactData``) for the posterior part and exact samples
+    (``SamplableData``) for the unconditional part. Every distance comes with its noise floor: the
+    same metric between two independent exact sample sets of the same size.
+
+    Attributes:
+        t_grid: context times of the posterior evaluation.
+        contexts: contexts ``x ~ p_t`` per context time.
+        samples: posterior draws per context (and size of each exact reference set).
+        mfm_steps: inner step counts K of the MFM posterior sampler.
+        glass_steps: step counts S of the GLASS posterior baseline on the same base drift.
+        unconditional_samples: samples of each unconditional sampler.
+        kernel_steps: step counts K of the unconditional kernel sampler.
+        ode_steps: step counts of the unconditional ODE on the t = 0 drift.
+        metrics: the distances (``[[evaluate.metrics]]`` tables).
+        headline: the metric that headline comparisons use.
+        glass_integrator: integrator of the GLASS baseline.
+        ode_integrator: integrator of the unconditional ODE.
+        plots: write PNG plots.
+        plot_contexts: contexts per context time shown in the posterior plot.
+        model: a ``model.pt`` to evaluate; default: the model trained by this run's ``[train]``.
+    """
+
+    model: str | None = None
+    t_grid: tuple[float, ...] = attrs.field(default=(0.1, 0.3, 0.5, 0.7, 0.9), validator=_each(_unit))
+    contexts: int = attrs.field(default=4, validator=_pos)
+    samples: int = attrs.field(default=1000, validator=attrs.validators.ge(2))
+    mfm_steps: tuple[int, ...] = attrs.field(default=(1, 2, 4), validator=_each(_pos))
+    glass_steps: tuple[int, ...] = attrs.field(default=(1, 2, 4, 8, 16, 32, 64), validator=_each(_pos))
+    unconditional_samples: int = attrs.field(default=4000, validator=attrs.validators.ge(2))
+    kernel_steps: tuple[int, ...] = attrs.field(default=(1, 2, 4), validator=_each(_pos))
+    ode_steps: tuple[int, ...] = attrs.field(default=(4, 16), validator=_each(_pos))
+    metrics: list[MetricSpec] = filled([{"kind": "sw2"}, {"kind": "mmd"}, {"kind": "energy"}])
+    headline: str = "sw2"
+    glass_integrator: IntegratorSpec = filled({"kind": "euler"})
+    ode_integrator: IntegratorSpec = filled({"kind": "heun"})
+    plots: bool = True
+    plot_contexts: int = attrs.field(default=3, validator=_nonneg)
 
 
 @attrs.frozen(kw_only=True)
@@ -133,6 +231,9 @@ class RunSpec:
 
     run: RunSection = filled({})
     model: ModelSection = filled({})
+    data: DataSourceSpec | None = None
+    train: TrainSection | None = None
+    evaluate: EvaluateSection | None = None
 
     def components(self) -> dict[str, ComponentSpec]:
         """Every component table of the spec by key path (``"model.interpolant"``, ...)."""
