@@ -25,7 +25,9 @@ Selecting components:
 
 Each check is a plain method taking ``component_cls``, so a check can also be called directly, e.g.
 ``InterpolantConformance().test_boundary_values(MyInterpolant)`` raises ``AssertionError`` when
-the component is wrong.
+the component is wrong. A suite subclass can override ``make_component(component_cls)`` to check
+non-default options, and ``get_plugin_system()`` to check another plugin system's registry.
+The session fixture ``mfm_plugin_system`` is the process-wide plugin system.
 
 This module is what pytest imports; it stays light (no torch). The suites are imported on first
 access of their names.

@@ -67,7 +67,7 @@ def select_components(
             (compared after PEP 503 normalisation).
         names: the ``--mfm-components`` selection, same syntax as ``only``; ``None`` keeps all.
     """
-    only = tuple(only)
+    only = (only,) if isinstance(only, str) else tuple(only)
     entries = []
     for kind in kinds:
         for entry in registry.components(kind).values():
@@ -115,6 +115,10 @@ class ConformanceSuite:
         only: if non-empty, check only these component names (``"name"`` or ``"kind:name"``).
         distribution: if given, check only the components of this installed distribution.
         seed: base seed of the per-test random generators.
+
+    Override :meth:`make_component` to check a component with non-default options, and
+    :meth:`get_plugin_system` to check the registry of another
+    :class:`~mfm_framework.plugins.PluginSystem` (e.g. one with plugins registered in-process).
     """
 
     kind: ClassVar[str | None] = None

@@ -403,7 +403,7 @@ class IntegratorConformance(ConformanceSuite):
             return integrator.integrate(ou.drift, x=x0, times=times, diffusion=ou.diffusion, generator=gen).x
 
         first = sample(1)
-        torch.manual_seed(12345)  # the global generator must not matter
+        torch.rand(())  # move the global generator on: it must not matter
         assert torch.equal(first, sample(1)), f"{integrator.name}: the same generator seed gave different samples"
         assert not torch.equal(first, sample(2)), f"{integrator.name}: different generator seeds gave the same samples"
 

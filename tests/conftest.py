@@ -1,0 +1,3 @@
+"""Test configuration: the mfm conformance plugin and pytest's ``pytester``."""
+
+pytest_plugins = ["mfm_framework.testing", "pytester"]
