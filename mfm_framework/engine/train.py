@@ -168,7 +168,7 @@ def train_stage(ctx: Any) -> dict[str, Any]:
             scheduler.step()
             ema.update_parameters(model)
 
-            last_loss = float(terms.total)
+            last_loss = float(terms.total.detach())
             metrics = {"loss": last_loss, "grad_norm": float(grad_norm), **{k: float(v) for k, v in terms.terms.items()}}
             for key, value in metrics.items():
                 window[key] = window.get(key, 0.0) + value
