@@ -45,8 +45,8 @@ class Component:
     @classmethod
     def summary(cls) -> str:
         """First line of the class docstring (used by ``mfm ls``)."""
-        doc = inspect.getdoc(cls) or ""
-        return doc.strip().splitlines()[0].replace("``", "") if doc.strip() else ""
+        doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "")  # its own, never an inherited one
+        return doc.splitlines()[0].replace("``", "") if doc else ""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options!r})"

@@ -68,11 +68,12 @@ class Interpolant(Component, abc.ABC):
 
     # ------------------------------------------------------------------------- derived
     def snr(self, t: Tensor) -> Tensor:
-        """Signal-to-noise ratio ``beta_t^2 / alpha_t^2`` (``inf`` at t = 1)."""
+        """Signal-to-noise ratio ``beta_t^2 / alpha_t^2`` (``inf``, or very large in floating point, at t = 1)."""
         return self.beta(t) ** 2 / self.alpha(t) ** 2
 
     def _wronskian(self, t: Tensor) -> Tensor:
-        # alpha_t dbeta_t - dalpha_t beta_t: positive for any valid schedule, finite at both ends.
+        # alpha_t dbeta_t - dalpha_t beta_t: positive on (0, 1] for a valid schedule (it may
+        # vanish at t = 0, e.g. beta_t = t^p with p > 1), finite at both ends.
         return self.alpha(t) * self.dbeta(t) - self.dalpha(t) * self.beta(t)
 
     def interpolate(self, *, x_0: Tensor, x_1: Tensor, t: Tensor | float) -> Tensor:
@@ -91,7 +92,7 @@ class Interpolant(Component, abc.ABC):
         return (self.dalpha(t) * x + self._wronskian(t) * denoiser) / self.alpha(t)
 
     def denoiser_from_velocity(self, *, t: Tensor | float, x: Tensor, velocity: Tensor) -> Tensor:
-        """``D_t(x) = (alpha_t b - dalpha_t x) / (alpha_t dbeta_t - dalpha_t beta_t)``; regular on [0, 1]."""
+        """``D_t(x) = (alpha_t b - dalpha_t x) / (alpha_t dbeta_t - dalpha_t beta_t)``; regular on (0, 1]."""
         t = pad_time(t, x)
         return (self.alpha(t) * velocity - self.dalpha(t) * x) / self._wronskian(t)
 
@@ -123,7 +124,9 @@ class Interpolant(Component, abc.ABC):
         It is infinite at t = 0 (where ``grad V_0 = 0``) and 0 at t = 1; ``max`` clamps it.
         """
         t = torch.as_tensor(t, dtype=torch.get_default_dtype()) if not torch.is_tensor(t) else t
-        g = self.alpha(t) * self._wronskian(t) / self.beta(t)
+        beta = self.beta(t)
+        g = self.alpha(t) * self._wronskian(t) / beta
+        g = torch.where(beta == 0, torch.full_like(g, float("inf")), g)  # t = 0, even where W_0 = 0
         return g if max is None else g.clamp(max=max)
 
     def glass_fusion(
@@ -162,5 +165,10 @@ class Interpolant(Component, abc.ABC):
         snr = den / (a2 * abar2)  # inf where t = 1 or s = 1, which time_from_snr maps to 1
         t_star = self.time_from_snr(snr)
         xhat = (pad_time(b * abar2, x) * x + pad_time(bbar * a2, y) * y) / pad_time(den, x)
+        # exact observations (alpha_t = 0 or abar_s = 0) decide alone; the context wins a tie
+        exact_y = pad_time((abar2 == 0).to(x.dtype), y) > 0
+        xhat = torch.where(exact_y, y / pad_time(torch.where(bbar == 0, torch.ones_like(bbar), bbar), y), xhat)
+        exact_x = pad_time((a2 == 0).to(x.dtype), x) > 0
+        xhat = torch.where(exact_x, x / pad_time(torch.where(b == 0, torch.ones_like(b), b), x), xhat)
         x_star = pad_time(self.beta(t_star), x) * xhat
         return GlassFusion(t_star=t_star, x_star=x_star, snr=snr)

@@ -48,7 +48,8 @@ class TrigonometricInterpolant(Interpolant):
     name = "trigonometric"
 
     def alpha(self, t: Tensor) -> Tensor:
-        return torch.cos(0.5 * math.pi * t)
+        # sin(pi (1 - t) / 2) rather than cos(pi t / 2): exactly 0 at t = 1, also in float32
+        return torch.sin(0.5 * math.pi * (1 - t))
 
     def beta(self, t: Tensor) -> Tensor:
         return torch.sin(0.5 * math.pi * t)
@@ -57,7 +58,7 @@ class TrigonometricInterpolant(Interpolant):
         return -0.5 * math.pi * torch.sin(0.5 * math.pi * t)
 
     def dbeta(self, t: Tensor) -> Tensor:
-        return 0.5 * math.pi * torch.cos(0.5 * math.pi * t)
+        return 0.5 * math.pi * torch.sin(0.5 * math.pi * (1 - t))
 
     def time_from_snr(self, snr: Tensor) -> Tensor:
         return torch.atan(snr.sqrt()) * (2 / math.pi)
