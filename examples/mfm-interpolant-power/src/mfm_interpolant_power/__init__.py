@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import attrs
-import torch
 from torch import Tensor
 
 from mfm_framework import hookimpl
@@ -110,23 +109,6 @@ class PowerInterpolant(Interpolant):
             Times in [0, 1] of the shape of ``snr``.
         """
         return (1 / (1 + 1 / snr.sqrt())) ** (1 / self.power)
-
-    def steering_coefficient(self, t: Tensor | float, *, max: float | None = None) -> Tensor:
-        """Closed form ``g_t = p (1 - t^p) / t`` of the coefficient of ``grad V_t``.
-
-        Equal to the base class's ``alpha_t (alpha_t dbeta_t / beta_t - dalpha_t)``, which is
-        ``0 / 0`` at t = 0 when ``p > 1``; this form gives ``inf`` there, so ``max`` clamps it.
-
-        Args:
-            t: times in [0, 1], a float or a tensor of any shape.
-            max: if given, clamp ``g_t`` to at most this value.
-
-        Returns:
-            A tensor of the shape of ``t``: ``inf`` at t = 0 (``max`` if given), 0 at t = 1.
-        """
-        t = t if torch.is_tensor(t) else torch.as_tensor(t, dtype=torch.get_default_dtype())
-        g = self.power * (1 - t**self.power) / t
-        return g if max is None else g.clamp(max=max)
 
 
 @hookimpl
