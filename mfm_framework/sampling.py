@@ -79,17 +79,21 @@ def glass_drift(
         denoiser: ``D(t*, x*)`` of the base model: times ``[B]``, states ``[B, *D]``.
         interpolant, inner: outer and inner schedules.
         t, x: contexts ``[B]``, ``[B, *D]``.
-        s_max: the inner time is clamped to ``s_max`` where the drift divides by ``abar_s``.
+        s_max: the inner time is clamped to ``s_max`` (in the fusion and the conversion alike), since
+            the drift divides by ``abar_s``; the drift at ``s = 1`` is its value at ``s_max``.
 
     Returns:
         ``drift(*, t=s, x=y)`` for an integrator over the inner time. 1 NFE of the base per call.
     """
 
     def drift(*, t: Tensor, x: Tensor) -> Tensor:  # noqa: A002 - integrator convention: (t, x) = (s, y)
-        s, y = t, x
+        # The same clamped s in the fusion and in the conversion: with the unclamped s = 1 in the
+        # fusion, t* = 1 and D = y exactly, so the drift at s = 1 came out as 0 (not its limit) and
+        # integrators that evaluate the end of the grid (Heun) were biased to first order.
+        s, y = t.clamp(max=s_max), x
         fusion = interpolant.glass_fusion(t=ctx_t, x=ctx_x, s=s, y=y, inner=inner)
         dhat = denoiser(fusion.t_star, fusion.x_star)
-        return inner.velocity_from_denoiser(t=s.clamp(max=s_max), x=y, denoiser=dhat)
+        return inner.velocity_from_denoiser(t=s, x=y, denoiser=dhat)
 
     ctx_t, ctx_x = t, x
     return drift
