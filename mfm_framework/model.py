@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -34,8 +36,16 @@ class MetaFlowMap(nn.Module):
         inner: the inner schedule from fresh noise to the posterior (default: ``interpolant``).
 
     Shapes: times are scalars or ``[B]``; states ``[B, *D]``; ``cond`` is ``[B]`` labels or None.
-    Cost: every call of :meth:`velocity`, :meth:`jump`, :meth:`drift` or :meth:`denoise` is 1 NFE;
-    :meth:`sample_posterior` with ``steps = K`` costs K NFE per draw.
+    Cost: every call of :meth:`velocity`, :meth:`jump`, :meth:`drift`, :meth:`denoise` or
+    :meth:`flow` is 1 NFE; :meth:`sample_posterior` with ``steps = K`` costs K NFE per draw.
+
+    Counting: every method reaches the network through one entry point, which reports each call to
+    :attr:`ledger` when one is attached (see :meth:`mfm_framework.ledger.CostLedger.attach`):
+    :meth:`drift`, :meth:`denoise` and :meth:`flow` as the ``"base"`` model (the ``t = 0``
+    slice), :meth:`velocity`, :meth:`jump` and :meth:`sample_posterior` as the ``"mfm"``.
+
+    Attributes:
+        ledger: the cost ledger that counts network calls, or ``None`` (the default: no counting).
     """
 
     def __init__(self, backbone: Backbone, interpolant: Interpolant, inner: Interpolant | None = None) -> None:
@@ -43,6 +53,7 @@ class MetaFlowMap(nn.Module):
         self.backbone = backbone
         self.interpolant = interpolant
         self.inner = interpolant if inner is None else inner
+        self.ledger: Any = None
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -52,18 +63,48 @@ class MetaFlowMap(nn.Module):
         self, *, s: Tensor | float, u: Tensor | float, y: Tensor, t: Tensor | float, x: Tensor, cond: Tensor | None = None
     ) -> Tensor:
         """Average velocity ``v_{s,u}(y; t, x)``, ``[B, *D]``. 1 NFE."""
-        batch = y.shape[0]
-        return self.backbone(
-            y=y, s=batch_times(s, batch, y), u=batch_times(u, batch, y), t=batch_times(t, batch, y), x=x, cond=cond
-        )
+        return self._network(s=s, u=u, y=y, t=t, x=x, cond=cond, role="mfm")
 
     def jump(
         self, *, s: Tensor | float, u: Tensor | float, y: Tensor, t: Tensor | float, x: Tensor, cond: Tensor | None = None
     ) -> Tensor:
         """The flow map ``X_{s,u}(y; t, x) = y + (u - s) v_{s,u}(y; t, x)``, ``[B, *D]``. 1 NFE."""
+        return self._jump(s=s, u=u, y=y, t=t, x=x, cond=cond, role="mfm")
+
+    def _network(
+        self,
+        *,
+        s: Tensor | float,
+        u: Tensor | float,
+        y: Tensor,
+        t: Tensor | float,
+        x: Tensor,
+        cond: Tensor | None,
+        role: str,
+    ) -> Tensor:
+        """The single entry point to the backbone: ``v_{s,u}(y; t, x)``, reported to the ledger as ``role``."""
+        batch = y.shape[0]
+        v = self.backbone(
+            y=y, s=batch_times(s, batch, y), u=batch_times(u, batch, y), t=batch_times(t, batch, y), x=x, cond=cond
+        )
+        if self.ledger is not None:
+            self.ledger.record_forward(role, v)
+        return v
+
+    def _jump(
+        self,
+        *,
+        s: Tensor | float,
+        u: Tensor | float,
+        y: Tensor,
+        t: Tensor | float,
+        x: Tensor,
+        cond: Tensor | None,
+        role: str,
+    ) -> Tensor:
         batch = y.shape[0]
         s_, u_ = batch_times(s, batch, y), batch_times(u, batch, y)
-        return y + pad_time(u_ - s_, y) * self.velocity(s=s_, u=u_, y=y, t=t, x=x, cond=cond)
+        return y + pad_time(u_ - s_, y) * self._network(s=s_, u=u_, y=y, t=t, x=x, cond=cond, role=role)
 
     def sample_posterior(
         self,
@@ -112,7 +153,7 @@ class MetaFlowMap(nn.Module):
     def drift(self, *, t: Tensor | float, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """Base velocity ``b_t(x) = v_{t,t}(x; 0, 0)`` (the ``t = 0`` slice), ``[B, *D]``. 1 NFE."""
         zero = torch.zeros_like(x)
-        return self.velocity(s=t, u=t, y=x, t=0.0, x=zero, cond=cond)
+        return self._network(s=t, u=t, y=x, t=0.0, x=zero, cond=cond, role="base")
 
     def denoise(self, *, t: Tensor | float, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """Denoiser ``D_t(x) = E[x_1 | x_t = x]`` from the base velocity, ``[B, *D]``. 1 NFE."""
@@ -122,4 +163,4 @@ class MetaFlowMap(nn.Module):
 
     def flow(self, *, s: Tensor | float, u: Tensor | float, y: Tensor, cond: Tensor | None = None) -> Tensor:
         """The unconditional flow map ``X_{s,u}(y; 0, 0)`` of the data, ``[B, *D]``. 1 NFE."""
-        return self.jump(s=s, u=u, y=y, t=0.0, x=torch.zeros_like(y), cond=cond)
+        return self._jump(s=s, u=u, y=y, t=0.0, x=torch.zeros_like(y), cond=cond, role="base")

@@ -14,8 +14,9 @@ from mfm_framework.interfaces.component import Component
 
 if TYPE_CHECKING:  # pragma: no cover
     from mfm_framework.interfaces.interpolant import Interpolant
+    from mfm_framework.interfaces.steering import ExpQuadraticMixture
 
-__all__ = ["DataSource", "DataBatch", "Metric", "SamplableData", "ExactData"]
+__all__ = ["DataSource", "DataBatch", "Metric", "SamplableData", "ExactData", "TiltableData"]
 
 
 @attrs.frozen(kw_only=True)
@@ -88,6 +89,26 @@ class ExactData(SamplableData, Protocol):
 
     def posterior_log_prob(self, *, t: Tensor, x: Tensor, x_1: Tensor, interpolant: Interpolant) -> Tensor:
         """``log p_{1|t}(x_1 | x)`` for ``x_1`` ``[B, M, *D]`` per context ``x`` ``[B, *D]``: ``[B, M]``."""
+        ...
+
+
+@runtime_checkable
+class TiltableData(Protocol):
+    """Capability of a data law whose tilt by a closed-form reward is known exactly (the oracles).
+
+    ``form`` is a reward in closed form (:class:`~mfm_framework.interfaces.ExpQuadraticMixture`,
+    from ``Reward.closed_form()``); the tilted law is ``p_r = p_1 exp(r) / Z`` (MATH.md
+    sections 6 and 8).
+    """
+
+    def tilted(self, form: ExpQuadraticMixture) -> ExactData:
+        """The exact tilted law ``p_1 exp(r) / Z``: a data law of the same family (exact samples,
+        log-density, marginals and posteriors)."""
+        ...
+
+    def log_value(self, *, t: Tensor, x: Tensor, form: ExpQuadraticMixture, interpolant: Interpolant) -> Tensor:
+        """The exact value ``V_t(x) = log E[exp r(x_1) | x_t = x]``, ``[B]``; differentiable in ``x``
+        (so autograd gives the exact ``grad V_t``)."""
         ...
 
 

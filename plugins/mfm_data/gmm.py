@@ -21,6 +21,20 @@ through by ``alpha_t^2`` so that no quantity divides by ``alpha_t`` or ``beta_t`
 
 So the denoiser, the velocity ``dalpha E[x_0 | x] + dbeta E[x_1 | x]`` and the score are regular on
 the closed interval [0, 1] and differentiable (autograd) in ``x`` and ``t`` everywhere.
+
+Tilts (MATH.md sections 6 and 8): a reward in closed form
+``exp r(x) = sum_j exp(c_j - x^T P_j x / 2 + h_j^T x)`` (:class:`ExpQuadraticMixture`) keeps every
+Gaussian a Gaussian. For ``N(m, C)`` and term ``j``, with ``F = I + C P_j`` (no inverse of ``C``,
+so a degenerate posterior at ``alpha_t = 0`` is fine):
+
+- tilted covariance ``C' = (C^-1 + P_j)^-1 = F^-1 C`` and mean ``m' = C'(C^-1 m + h_j) = F^-1 (m + C h_j)``;
+- mass ``log int N(x; m, C) exp(term_j(x)) dx = c_j + Q / 2 - log det F / 2`` with
+  ``Q = -m^T G P_j m + 2 m^T G h_j + h_j^T C G h_j``, ``G = F^-T = (I + P_j C)^-1``
+  (equal to ``m'^T C'^-1 m' - m^T C^-1 m`` when ``C`` is invertible).
+
+So ``p_1 exp(r) / Z`` is a mixture of ``K J`` Gaussians (:meth:`GaussianMixture.tilted`) and the
+exact value ``V_t(x) = log E[exp r(x_1) | x_t = x]`` is the log-sum of the posterior weights times
+these masses (:meth:`GaussianMixture.log_value`).
 """
 
 from __future__ import annotations
@@ -33,7 +47,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from mfm_framework.interfaces import DataBatch, DataSource, Interpolant
+from mfm_framework.interfaces import DataBatch, DataSource, ExpQuadraticMixture, Interpolant
 
 __all__ = ["GaussianMixture", "GaussianMixtureOptions", "GaussianMixturePosterior", "PRESETS"]
 
@@ -360,6 +374,51 @@ class _Terms:
     log_joint: Tensor  # [B, K]: log pi_k + log N(x; beta mu_k, Sigma_k)
 
 
+# --------------------------------------------------------------------------- tilts by closed-form rewards
+
+
+def _tilt_gaussians(means: Tensor, covs: Tensor, form: ExpQuadraticMixture) -> tuple[Tensor, Tensor, Tensor]:
+    """Tilt Gaussians ``N(m, C)`` by each term of ``form`` (see the module docstring).
+
+    Args:
+        means: ``m``, ``[..., d]``.
+        covs: ``C``, ``[..., d, d]`` (positive semi-definite; may be singular).
+        form: the reward, ``J`` terms in ``d`` dimensions (cast to the dtype of ``means``).
+
+    Returns:
+        ``(m', C', log_mass)``: tilted means ``[..., J, d]``, tilted covariances
+        ``[..., J, d, d]`` (symmetrised) and ``log int N(x; m, C) exp(term_j(x)) dx`` ``[..., J]``
+        (``+inf`` where the integral diverges: ``C^-1 + P_j`` not positive definite).
+    """
+    p = form.precision.to(device=means.device, dtype=means.dtype)
+    p = 0.5 * (p + p.transpose(-1, -2))  # only the symmetric part enters x^T P x
+    h = form.shift.to(device=means.device, dtype=means.dtype)
+    c = form.log_scale.to(device=means.device, dtype=means.dtype)
+    d = means.shape[-1]
+    eye = torch.eye(d, dtype=means.dtype, device=means.device)
+    m = means[..., None, :]  # [..., 1, d]
+    cov = covs[..., None, :, :]  # [..., 1, d, d]
+    f = eye + cov @ p  # F = I + C P_j, [..., J, d, d]
+    ch = torch.einsum("...ij,...j->...i", cov, h)  # C h_j, [..., J, d]
+    rhs = m + ch  # m + C h_j, [..., J, d]
+    new_m = torch.linalg.solve(f, rhs[..., None])[..., 0]
+    new_c = torch.linalg.solve(f, cov.expand_as(f))
+    new_c = 0.5 * (new_c + new_c.transpose(-1, -2))
+    g_inv = f.transpose(-1, -2)  # G^-1 = F^T = I + P_j C
+    mm = m.expand_as(rhs)
+    pm = torch.einsum("jik,...jk->...ji", p, mm)  # P_j m
+    gpm = torch.linalg.solve(g_inv, pm[..., None])[..., 0]  # G P_j m
+    gh = torch.linalg.solve(g_inv, h.expand_as(rhs)[..., None])[..., 0]  # G h_j
+    q = -(mm * gpm).sum(-1) + 2 * (mm * gh).sum(-1) + (ch * gh).sum(-1)
+    logdet = torch.linalg.slogdet(f)[1]
+    log_mass = c + 0.5 * q - 0.5 * logdet
+    # The integral is finite iff I + C^(1/2) P_j C^(1/2) is positive definite, i.e. iff every
+    # eigenvalue of F (the same, F being similar to it) is > 0; otherwise the mass is +inf.
+    with torch.no_grad():
+        finite = torch.linalg.eigvals(f).real.amin(-1) > 0
+    return new_m, new_c, torch.where(finite, log_mass, torch.full_like(log_mass, math.inf))
+
+
 # --------------------------------------------------------------------------- the data source
 
 
@@ -368,7 +427,9 @@ class GaussianMixture(DataSource):
 
     Draws exact i.i.d. samples (``SamplableData``) and gives the exact log-density, marginals,
     denoiser, velocity, score and posterior under any interpolant (``ExactData``), all in closed
-    form and regular on the closed interval ``t`` in [0, 1] (see the module docstring).
+    form and regular on the closed interval ``t`` in [0, 1] (see the module docstring). For a
+    reward in closed form it also gives the exact tilted law and value (``TiltableData``:
+    :meth:`tilted`, :meth:`log_value`, :meth:`log_partition`), the ground truth of steering.
 
     Shapes: one example is ``[d]``; contexts are ``x`` ``[B, d]`` with times ``t`` a scalar or
     ``[B]``. Computations run in float64 (float32 on MPS, which has no float64) and return the
@@ -682,3 +743,135 @@ class GaussianMixture(DataSource):
             raise ValueError(f"x_1 must have shape [{x.shape[0]}, M, {d}], got {tuple(x_1.shape)}")
         post = self._posterior(t=t, x=x, interpolant=interpolant)[1]
         return post.log_prob(x_1.to(self._work_dtype)).to(x_1.dtype)
+
+    # ------------------------------------------------------------------ tilts by closed-form rewards (oracles)
+    @classmethod
+    def from_parameters(
+        cls,
+        *,
+        means: Tensor,
+        covariances: Tensor,
+        weights: Tensor,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> GaussianMixture:
+        """The mixture with explicit parameters (a ``"custom"`` preset holding them exactly).
+
+        Args:
+            means: ``[K, d]``.
+            covariances: ``[K, d, d]``, symmetric positive definite.
+            weights: ``[K]``, > 0 (normalised to sum to 1).
+            device: as in the constructor.
+            dtype: as in the constructor.
+        """
+        means, covs, weights = (v.detach().to(device="cpu", dtype=torch.float64) for v in (means, covariances, weights))
+        if means.ndim != 2 or covs.shape != (*means.shape, means.shape[1]) or weights.shape != means.shape[:1]:
+            raise ValueError(
+                "from_parameters needs means [K, d], covariances [K, d, d] and weights [K], got "
+                f"{tuple(means.shape)}, {tuple(covs.shape)} and {tuple(weights.shape)}"
+            )
+        covs = 0.5 * (covs + covs.transpose(-1, -2))
+        options = GaussianMixtureOptions(
+            preset="custom",
+            means=tuple(tuple(row) for row in means.tolist()),
+            covariances=tuple(tuple(tuple(r) for r in matrix) for matrix in covs.tolist()),
+            weights=tuple(weights.tolist()),
+        )
+        return cls(options, device=device, dtype=dtype)
+
+    def _tilt(self, form: ExpQuadraticMixture) -> tuple[Tensor, Tensor, Tensor]:
+        """Means ``[K, J, d]``, covariances ``[K, J, d, d]`` and log masses ``[K, J]`` of the tilt (float64, CPU).
+
+        The log mass of component ``(k, j)`` is ``log pi_k + log int N(x; mu_k, S_k) exp(term_j(x)) dx``,
+        so their log-sum-exp is ``log Z``.
+        """
+        if not isinstance(form, ExpQuadraticMixture):
+            raise TypeError(f"a gmm tilt takes an ExpQuadraticMixture (Reward.closed_form()), got {type(form).__name__}")
+        d = self.data_shape[0]
+        if form.dim != d:
+            raise ValueError(f"the reward's closed form is {form.dim}-dimensional but the gmm data are {d}-dimensional")
+        means, covs, log_w, _, _ = self._cpu
+        form = ExpQuadraticMixture(
+            precision=form.precision.detach().to("cpu", torch.float64),
+            shift=form.shift.detach().to("cpu", torch.float64),
+            log_scale=form.log_scale.detach().to("cpu", torch.float64),
+        )
+        m, c, log_mass = _tilt_gaussians(means, covs, form)
+        bad = (~torch.isfinite(log_mass)).nonzero().tolist()
+        if bad:
+            k, j = bad[0]
+            raise ValueError(
+                f"the reward does not tilt the gmm into a probability law: E[exp r] is infinite under "
+                f"component {k} (S_k^-1 + P_j is not positive definite for term {j})"
+            )
+        return m, c, log_w[:, None] + log_mass
+
+    def log_partition(self, form: ExpQuadraticMixture) -> Tensor:
+        """``log Z = log E_{p_1}[exp r(x_1)]`` for a reward in closed form: a 0-d float64 tensor (CPU).
+
+        Equal to :meth:`log_value` at t = 0.
+        """
+        return self._tilt(form)[2].logsumexp(dim=(0, 1))
+
+    def tilted(self, form: ExpQuadraticMixture) -> GaussianMixture:
+        """The exact tilted law ``p_r = p_1 exp(r) / Z`` as a :class:`GaussianMixture` (MATH.md 6, 8).
+
+        Component ``(k, j)`` (index ``k J + j``) of the ``K J`` components has covariance
+        ``C = (S_k^-1 + P_j)^-1``, mean ``m = C (S_k^-1 mu_k + h_j)`` and weight
+        ``~ pi_k exp(c_j) int N(x; mu_k, S_k) exp(-x^T P_j x / 2 + h_j^T x) dx``, i.e.
+        ``log pi_k + c_j + m^T C^-1 m / 2 - mu_k^T S_k^-1 mu_k / 2 + log det C / 2 - log det S_k / 2``
+        (computed without inverting ``S_k``; see the module docstring). Components whose normalised
+        weight underflows to 0 in float64 are dropped. Being a full data source, the result has
+        exact samples, log-density, denoiser, velocity, score and posteriors; its velocity is the
+        exact steered drift ``b_t + g_t grad V_t``.
+
+        Cost: no network evaluations; ``O(K J d^3)`` float64 arithmetic, once.
+
+        Args:
+            form: the reward in closed form, ``J`` terms in ``d`` dimensions.
+
+        Returns:
+            an unlabelled :class:`GaussianMixture` with this mixture's ``device`` and ``dtype``.
+
+        Raises:
+            ValueError: when ``E_{p_1}[exp r]`` is infinite (some ``S_k^-1 + P_j`` is not positive
+                definite) or the dimensions differ.
+        """
+        m, c, log_mass = self._tilt(form)
+        d = self.data_shape[0]
+        m, c, log_mass = m.reshape(-1, d), c.reshape(-1, d, d), log_mass.reshape(-1)
+        w = (log_mass - log_mass.max()).exp()
+        keep = w > 0
+        return GaussianMixture.from_parameters(
+            means=m[keep], covariances=c[keep], weights=w[keep], device=self.device, dtype=self.dtype
+        )
+
+    def log_value(
+        self, *, t: Tensor | float, x: Tensor, form: ExpQuadraticMixture, interpolant: Interpolant
+    ) -> Tensor:
+        """The exact value ``V_t(x) = log E[exp r(x_1) | x_t = x]``, ``[B]`` (``x``'s dtype).
+
+        The posterior ``p_{1|t}(. | x)`` is a mixture of ``N(m_k, C_k)`` with weights ``w_k``
+        (:meth:`posterior`), so ``V_t(x) = logsumexp_{k,j} (log w_k + log int N(x_1; m_k, C_k)
+        exp(term_j(x_1)) dx_1)``, each integral in closed form (module docstring). Differentiable
+        in ``x`` (and ``t``): ``torch.autograd.grad`` gives the exact ``grad V_t(x)``, and
+        ``b_t + g_t grad V_t`` is the velocity of :meth:`tilted`. At t = 0 it is
+        :meth:`log_partition` for every ``x``; at ``alpha_t = 0`` it is ``r(x / beta_t)``.
+        ``+inf`` where the posterior expectation diverges.
+
+        Cost: no network evaluations; ``O(B K J d^3)`` arithmetic in float64.
+
+        Args:
+            t: times, a scalar or ``[B]``.
+            x: states ``[B, d]``.
+            form: the reward in closed form, ``J`` terms in ``d`` dimensions.
+            interpolant: the schedule defining ``x_t``.
+        """
+        if not isinstance(form, ExpQuadraticMixture):
+            raise TypeError(f"log_value takes an ExpQuadraticMixture (Reward.closed_form()), got {type(form).__name__}")
+        d = self.data_shape[0]
+        if form.dim != d:
+            raise ValueError(f"the reward's closed form is {form.dim}-dimensional but the gmm data are {d}-dimensional")
+        post = self._posterior(t=t, x=x, interpolant=interpolant)[1]
+        _, _, log_mass = _tilt_gaussians(post.means, post.covariances, form)  # [B, K, J]
+        return (post.log_weights[:, :, None] + log_mass).logsumexp(dim=(1, 2)).to(x.dtype)
