@@ -116,12 +116,16 @@ class SteeringContext:
     """What a value estimator may use.
 
     Attributes:
-        model: the meta flow map (``FlowMapModel``), frozen.
+        model: the meta flow map (a :class:`~mfm_framework.model.MetaFlowMap`), frozen; its
+            ``t = 0`` slice is the base model (``drift``, ``denoise``).
         reward: the reward, frozen.
-        generator: random generator for posterior draws.
+        generator: random generator for posterior draws (and, in the steering engine, the
+            Brownian increments of an SDE).
         cond: class labels ``[B]`` or ``None``.
-        ledger: the cost ledger that counts the calls made, or ``None``.
-        data: the data source, or ``None``; exact oracles use its closed forms.
+        ledger: the cost ledger (:class:`~mfm_framework.ledger.CostLedger`) that counts the
+            calls made, or ``None``.
+        data: the data source, or ``None``; exact oracles use its closed forms (an
+            :class:`~mfm_framework.interfaces.ExactData`).
     """
 
     model: Any
@@ -150,3 +154,15 @@ class ValueEstimator(Component, abc.ABC):
     @abc.abstractmethod
     def value(self, *, t: Tensor, x: Tensor, context: SteeringContext) -> Tensor:
         """Estimate ``V_t(x)``, shape ``[B]``."""
+
+    def drift_and_grad_value(self, *, t: Tensor, x: Tensor, context: SteeringContext) -> tuple[Tensor, Tensor]:
+        """The base drift ``b_t(x)`` and ``grad_x V_t(x)`` at the same points, both ``[B, *D]``, detached.
+
+        What the steering engine calls at each drift evaluation. The default evaluates the base
+        drift ``context.model.drift`` without gradients (1 NFE of the base model) and then
+        :meth:`grad_value`; an estimator that evaluates the base model at ``(t, x)`` anyway
+        (DPS: ``D_t(x)`` from ``b_t(x)``) overrides it to share that forward.
+        """
+        with torch.no_grad():
+            drift = context.model.drift(t=t, x=x, cond=context.cond)
+        return drift, self.grad_value(t=t, x=x, context=context).detach()
