@@ -185,13 +185,37 @@ def _evaluate_stage(ctx: RunContext) -> dict[str, Any]:
     return evaluate_stage(ctx)
 
 
+def _steer_stage(ctx: RunContext) -> dict[str, Any]:
+    from mfm_framework.engine.steer import steer_stage
+
+    return steer_stage(ctx)
+
+
+def _skipped_train_stage(ctx: RunContext) -> dict[str, Any]:
+    print(f"mfm: [train] skipped: steer.model is given ({ctx.spec.steer.model})", file=sys.stderr)
+    return {"skipped": f"steer.model is given ({ctx.spec.steer.model}) and no other stage needs the trained model"}
+
+
+def trains(spec: RunSpec) -> bool:
+    """Whether ``[train]`` runs: it is skipped when ``[steer]`` names its own model file and no
+    other stage needs the trained model (so one spec both trains-then-steers and, with
+    ``--set steer.model=...``, steers an existing model)."""
+    if spec.train is None:
+        return False
+    if spec.steer is None or spec.steer.model is None:
+        return True
+    return spec.evaluate is not None and spec.evaluate.model is None
+
+
 def stages_for(spec: RunSpec) -> list[tuple[str, Stage]]:
     """The stages a spec asks for, in execution order."""
     stages: list[tuple[str, Stage]] = [("components", _components_stage)]
     if spec.train is not None:
-        stages.append(("train", _train_stage))
+        stages.append(("train", _train_stage if trains(spec) else _skipped_train_stage))
     if spec.evaluate is not None:
         stages.append(("evaluate", _evaluate_stage))
+    if spec.steer is not None:
+        stages.append(("steer", _steer_stage))
     return stages
 
 

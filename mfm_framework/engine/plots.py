@@ -1,4 +1,4 @@
-"""PNG plots of the evaluate stage.
+"""PNG plots of the evaluate and steer stages.
 
 matplotlib is imported inside the functions (it is slow to import and only needed when plots are
 asked for), and figures are drawn on the Agg canvas through :class:`matplotlib.figure.Figure`
@@ -15,7 +15,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PosteriorPanel", "posterior_plot", "distance_vs_nfe_plot", "unconditional_plot", "DPI"]
+__all__ = [
+    "PosteriorPanel",
+    "posterior_plot",
+    "distance_vs_nfe_plot",
+    "unconditional_plot",
+    "error_vs_particles_plot",
+    "samples_over_density_plot",
+    "DPI",
+]
 
 DPI = 100
 _MODEL_COLOR = "tab:blue"
@@ -253,6 +261,104 @@ def unconditional_plot(path: str | Path, sets: Mapping[str, Any], *, titles: Map
             ax.set_ylim(lo[1], hi[1])
             ax.set_aspect("equal", adjustable="box")
         ax.set_title((titles or {}).get(label, label), fontsize=9)
+        ax.tick_params(labelsize=7)
+    for idx in range(n, rows * cols):
+        axes[idx // cols, idx % cols].set_axis_off()
+    return _save(fig, path)
+
+
+def error_vs_particles_plot(
+    path: str | Path, lines: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str = ""
+) -> str:
+    """An error against the number of particles ``N``, one line per estimator, on log-log axes.
+
+    Args:
+        path: the PNG file.
+        lines: label -> (N values, errors); an estimator whose error does not depend on ``N``
+            gives the same error at every ``N`` (a flat line).
+        title: figure title.
+
+    Returns:
+        The file name written.
+    """
+    import numpy as np
+
+    path = Path(path)
+    fig, axes = _figure(1, 1, size=(5.6, 4.2))
+    ax = axes[0, 0]
+    colors = [_MODEL_COLOR, _GLASS_COLOR, "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
+    ns_all: list[float] = []
+    for (label, (ns, errors)), color in zip(lines.items(), colors * 4):
+        xs, ys = np.asarray(ns, dtype=float), np.asarray(errors, dtype=float)
+        order = np.argsort(xs)
+        xs, ys = xs[order], ys[order]
+        ok = np.isfinite(ys) & (ys > 0)
+        ax.plot(xs[ok], ys[ok], "o-", color=color, lw=2, label=label)
+        ns_all += list(xs)
+    if ns_all:  # the Monte Carlo rate, through the first line's first point
+        first = next(iter(lines.values()))
+        x0, y0 = float(first[0][0]), float(first[1][0])
+        if math.isfinite(y0) and y0 > 0:
+            grid = np.array(sorted(set(ns_all)), dtype=float)
+            ax.plot(grid, y0 * np.sqrt(x0 / grid), color="k", ls=":", lw=1.0, label="N^-1/2")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("particles N")
+    ax.set_ylabel("relative error of grad V")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def samples_over_density_plot(path: str | Path, sets: Mapping[str, Any], *, contour: Any = None) -> str:
+    """Scatter plots of sample sets (first two coordinates), side by side, over a density's contours.
+
+    Args:
+        path: the PNG file.
+        sets: label -> samples ``[N, d]``; the first is the reference (drawn in gray).
+        contour: ``(X, Y, log_density)`` on a grid, drawn as the 1, 2 and 3 sigma lines of every
+            panel (and setting the axes' limits), or ``None``.
+
+    Returns:
+        The file name written.
+    """
+    import numpy as np
+
+    path = Path(path)
+    if not sets:
+        raise ValueError("samples_over_density_plot needs at least one sample set")
+    arrays = {k: _array(v).reshape(len(v), -1) for k, v in sets.items()}
+    n = len(arrays)
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig, axes = _figure(rows, cols, size=(3.2 * cols, 3.1 * rows))
+    grid = None if contour is None else tuple(_array(c) for c in contour)
+    first = next(iter(arrays.values()))
+    if grid is not None:
+        lo, hi = [grid[0].min(), grid[1].min()], [grid[0].max(), grid[1].max()]
+    else:
+        lo, hi = np.quantile(first, 0.001, axis=0), np.quantile(first, 0.999, axis=0)
+        pad = 0.3 * (hi - lo + 1e-12)
+        lo, hi = lo - pad, hi + pad
+    for idx, (label, x) in enumerate(arrays.items()):
+        ax = axes[idx // cols, idx % cols]
+        if grid is not None:
+            gx, gy, logp = grid
+            finite = logp[np.isfinite(logp)]
+            if finite.size:
+                levels = finite.max() - np.array([4.5, 2.0, 0.5])
+                ax.contour(gx, gy, logp, levels=levels, colors="k", linewidths=0.8, alpha=0.8)
+        color = _EXACT_COLOR if idx == 0 else _MODEL_COLOR
+        if x.shape[1] >= 2:
+            ax.scatter(x[:, 0], x[:, 1], s=3, lw=0, alpha=_scatter_alpha(len(x)), color=color)
+            ax.set_xlim(lo[0], hi[0])
+            ax.set_ylim(lo[1], hi[1])
+            ax.set_aspect("equal", adjustable="box")
+        else:
+            ax.hist(x[:, 0], bins=60, density=True, color=color, alpha=0.7)
+        ax.set_title(label, fontsize=9)
         ax.tick_params(labelsize=7)
     for idx in range(n, rows * cols):
         axes[idx // cols, idx % cols].set_axis_off()

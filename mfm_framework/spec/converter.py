@@ -67,6 +67,15 @@ def type_name(tp: Any) -> str:
     return {int: "integer", float: "number", str: "string", bool: "boolean"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
+class _Flattened(Exception):
+    """An error of a table whose component table is flattened into it (see ``flatten_into``)."""
+
+    def __init__(self, field: str, error: BaseException) -> None:
+        self.field = field
+        self.error = error
+        super().__init__(str(error))
+
+
 class _ValidatorErrors(Exception):
     """Every attrs validator of a table that rejected its value."""
 
@@ -179,6 +188,31 @@ def make_converter(registry: Registry) -> cattrs.Converter:
 
     conv.register_structure_hook_factory(is_table, table_hook)
 
+    # A table with a class attribute ``flatten_into = "<field>"`` holds that component field's
+    # ``kind`` and options at its own level, next to its other fields (e.g. a reward and its
+    # weight): the keys that are not its own fields form the component table.
+    def is_flat(tp: Any) -> bool:
+        return is_table(tp) and isinstance(getattr(tp, "flatten_into", None), str)
+
+    def flat_hook(tp: Any) -> Any:
+        inner = tp.flatten_into
+        own = {f.name for f in attrs.fields(tp)} - {inner}
+        structure_table = table_hook(tp)
+
+        def structure(value: Any, cls: Any) -> Any:
+            if not isinstance(value, dict):
+                raise WrongType("a table", value)
+            split = {k: v for k, v in value.items() if k in own}
+            split[inner] = {k: v for k, v in value.items() if k not in own}
+            try:
+                return structure_table(split, cls)
+            except Exception as exc:
+                raise _Flattened(inner, exc) from None
+
+        return structure
+
+    conv.register_structure_hook_factory(is_flat, flat_hook)
+
     def is_component(tp: Any) -> bool:
         return inspect.isclass(tp) and issubclass(tp, ComponentSpec)
 
@@ -212,6 +246,13 @@ def make_converter(registry: Registry) -> cattrs.Converter:
         return {"kind": spec.name, **conv.unstructure(spec.options)}
 
     conv.register_unstructure_hook_func(is_component, unstructure_component)
+
+    def unstructure_flat(value: Any) -> dict[str, Any]:
+        inner = type(value).flatten_into
+        fields = {f.name: conv.unstructure(getattr(value, f.name)) for f in attrs.fields(type(value)) if f.name != inner}
+        return {**conv.unstructure(getattr(value, inner)), **fields}
+
+    conv.register_unstructure_hook_func(lambda tp: is_flat(tp), unstructure_flat)
     return conv
 
 
@@ -245,6 +286,12 @@ def iter_problems(exc: BaseException, path: str = "$", tp: Any = None) -> Iterat
     elif isinstance(exc, _ValidatorErrors):
         for sub in exc.errors:
             yield from iter_problems(sub, path)
+    elif isinstance(exc, _Flattened):  # the component's keys live at this table's level
+        inner = f"{path}.{exc.field}"
+        for sub_path, message in iter_problems(exc.error, path, tp):
+            if sub_path == inner or sub_path.startswith((inner + ".", inner + "[")):
+                sub_path = path + sub_path[len(inner):]
+            yield sub_path, message
     elif isinstance(exc, _AtKey):
         yield from iter_problems(exc.error, f"{path}.{exc.key}")
     elif isinstance(exc, (WrongType, UnknownComponentError)):

@@ -106,6 +106,12 @@ def _fill_defaults(cls: type, raw: dict[str, Any]) -> None:
         value = raw.get(field.name)
         if isinstance(value, dict) and attrs.has(tp) and not _is_component(tp):
             _fill_defaults(tp, value)
+        elif isinstance(value, list) and typing.get_origin(tp) in (list, tuple):  # arrays of tables
+            item = typing.get_args(tp)[0]
+            if attrs.has(item) and not _is_component(item):
+                for entry in value:
+                    if isinstance(entry, dict):
+                        _fill_defaults(item, entry)
 
 
 def _strip_none(value: Any) -> Any:
@@ -256,7 +262,7 @@ def parse_spec(
 def _cross_checks(spec: RunSpec) -> list[tuple[str, str]]:
     """Problems that involve more than one section."""
     problems = []
-    for section in ("train", "evaluate"):
+    for section in ("train", "evaluate", "steer"):
         if getattr(spec, section) is not None and spec.data is None:
             problems.append(("$.data", f"required by [{section}]: which data source? (`mfm ls data-sources`)"))
             break
@@ -266,7 +272,75 @@ def _cross_checks(spec: RunSpec) -> list[tuple[str, str]]:
         names = [m.name for m in spec.evaluate.metrics]
         if spec.evaluate.headline not in names:
             problems.append(("$.evaluate.headline", f"{spec.evaluate.headline!r} is not one of the metrics ({', '.join(names) or 'none'})"))
+    if spec.steer is not None:
+        problems += _steer_checks(spec)
     return problems
+
+
+def _steer_checks(spec: RunSpec) -> list[tuple[str, str]]:
+    """Problems of ``[steer]``: its model, labels, headlines, and estimators that need a
+    differentiable reward."""
+    from mfm_framework.steering import check_compatible
+
+    steer = spec.steer
+    assert steer is not None
+    problems: list[tuple[str, str]] = []
+    if spec.train is None and steer.model is None:
+        problems.append(("$.steer.model", "which model? give the path of a model.pt, or add a [train] section"))
+    names = [m.name for m in steer.metrics]
+    if steer.headline not in names:
+        problems.append(("$.steer.headline", f"{steer.headline!r} is not one of the metrics ({', '.join(names) or 'none'})"))
+    labels = steer_method_labels(steer)
+    for i, (method, label) in enumerate(zip(steer.methods, labels)):
+        if method.label is not None and labels.count(label) > 1:
+            problems.append((f"$.steer.methods[{i}].label", f"{label!r} labels more than one method"))
+    if steer.headline_method is not None and steer.headline_method not in labels:
+        problems.append(("$.steer.headline_method", f"{steer.headline_method!r} is not the label of a method ({', '.join(labels)})"))
+    # A reward is differentiable when every term is (a weighted sum is).
+    blocking = next((t for t in steer.rewards if not getattr(t.reward.component, "is_differentiable", True)), None)
+    estimators = [(f"$.steer.methods[{i}].estimator", m.estimator) for i, m in enumerate(steer.methods)]
+    if steer.diagnostics is not None:
+        estimators.append(("$.steer.diagnostics.reference", steer.diagnostics.reference))
+        estimators += [(f"$.steer.diagnostics.estimators[{i}]", e) for i, e in enumerate(steer.diagnostics.estimators or ())]
+    for path, estimator in estimators:
+        if blocking is not None:
+            try:
+                check_compatible(estimator.component, blocking.reward.component)
+            except ValueError as exc:
+                problems.append((path + ".kind", str(exc)))
+    for i, method in enumerate(steer.methods):
+        path = f"$.steer.methods[{i}]"
+        if method.particles is not None and not _has_field(method.estimator.options, "particles"):
+            problems.append((f"{path}.particles", f"value estimator {method.estimator.name!r} has no 'particles' option to vary"))
+        if method.sde and not getattr(method.integrator.component, "stochastic", False):
+            problems.append((f"{path}.integrator.kind", f"integrator {method.integrator.name!r} is deterministic and cannot integrate the steered SDE (sde = true); choose a stochastic one (`mfm ls integrators`)"))
+        if method.t_min == 0 and method.g_max is None:
+            problems.append((f"{path}.t_min", "g_t is infinite at t = 0: start at a small t_min > 0 or clamp g_t with g_max"))
+    return problems
+
+
+def _has_field(options: Any, name: str) -> bool:
+    return attrs.has(type(options)) and any(f.name == name for f in attrs.fields(type(options)))
+
+
+def steer_method_labels(steer: Any) -> list[str]:
+    """The label of each ``[[steer.methods]]`` table: its ``label``, else its estimator's name
+    (suffixed ``-2``, ``-3``... when the same name labels several methods)."""
+    given = {m.label for m in steer.methods if m.label is not None}
+    labels: list[str] = []
+    seen: dict[str, int] = {}
+    for method in steer.methods:
+        if method.label is not None:
+            labels.append(method.label)
+            continue
+        base = method.estimator.name
+        seen[base] = seen.get(base, 0) + 1
+        label = base if seen[base] == 1 else f"{base}-{seen[base]}"
+        while label in given:
+            seen[base] += 1
+            label = f"{base}-{seen[base]}"
+        labels.append(label)
+    return labels
 
 
 def _default_name(path: Path) -> str:

@@ -8,6 +8,7 @@ spec (``resolved.toml``) always states every choice explicitly.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, ClassVar, Literal
 
@@ -30,6 +31,10 @@ __all__ = [
     "ModelSection",
     "TrainSection",
     "EvaluateSection",
+    "RewardTerm",
+    "SteerMethod",
+    "SteerDiagnostics",
+    "SteerSection",
     "RunSpec",
     "filled",
 ]
@@ -225,6 +230,144 @@ class EvaluateSection:
     plot_contexts: int = attrs.field(default=3, validator=_nonneg)
 
 
+def _optional(validator: Any) -> Any:
+    return attrs.validators.optional(validator)
+
+
+def _finite(_: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"'{attribute.name}' must be a finite number, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class RewardTerm:
+    """One ``[[steer.rewards]]`` table: a reward and its weight in the weighted sum.
+
+    The table holds the reward's ``kind`` and options next to ``weight`` and ``label`` (the
+    converter splits them: ``weight`` and ``label`` are not options of any reward)::
+
+        [[steer.rewards]]
+        kind = "gaussian-likelihood"
+        sigma = 0.2
+        weight = 1.0
+
+    Attributes:
+        reward: the reward component (every key of the table but ``weight`` and ``label``).
+        weight: its weight ``w_i`` in ``r = sum_i w_i r_i`` (a finite number; default 1).
+        label: its name in logs and tables (default: the reward's name, ``#1``, ``#2``... when
+            repeated).
+    """
+
+    flatten_into: ClassVar[str] = "reward"
+
+    reward: RewardSpec
+    weight: float = attrs.field(default=1.0, validator=_finite)
+    label: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class SteerMethod:
+    """One ``[[steer.methods]]`` table: a steering method to compare, run at one or more budgets.
+
+    An *estimator method* integrates the steered ODE (or SDE) of MATH.md section 6 with a value
+    estimator: from pure noise, ``start_steps`` steps of the unsteered base ODE to ``t_min`` (a draw
+    of ``p_{t_min}``), then ``steps`` steps of the steered dynamics on a uniform grid to 1.
+
+    Attributes:
+        label: the method's name in tables, plots and checks; default: the estimator's name
+            (``-2``, ``-3``... when repeated).
+        estimator: the value estimator (``[steer.methods.estimator]``, a component table).
+        integrator: the integrator of the steered dynamics (stochastic for ``sde = true``).
+        steps: steering steps ``K`` on the uniform grid from ``t_min`` to 1; one run per value.
+        particles: values of the estimator's ``particles`` option (``N``), one run per value (and
+            per ``steps``); default: the estimator's own option.
+        sde: integrate the steered SDE instead of the ODE.
+        t_min: the start time of the steered integration (``g_t`` is infinite at 0).
+        g_max: clamp ``g_t`` at this value (reported when it takes effect); default: no clamp.
+        renormalize: ``kappa`` of the paper's renormalisation (``kappa |b| grad V / |grad V|``
+            replaces ``g_t grad V``; changes the target, reported); default: off.
+        start_steps: steps of the unsteered base ODE from noise at 0 to ``t_min`` (with the same
+            integrator; its cost is part of the method's).
+    """
+
+    label: str | None = attrs.field(default=None, validator=_optional(_matches(_NAME_RE, "letters, digits, '.', '_' or '-'")))
+    estimator: ValueEstimatorSpec
+    integrator: IntegratorSpec = filled({"kind": "euler"})
+    steps: tuple[int, ...] = attrs.field(default=(20,), validator=[_each(_pos), attrs.validators.min_len(1)])
+    particles: tuple[int, ...] | None = attrs.field(default=None, validator=_optional([_each(_pos), attrs.validators.min_len(1)]))
+    sde: bool = False
+    t_min: float = attrs.field(default=0.02, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
+    g_max: float | None = attrs.field(default=None, validator=_optional(_pos))
+    renormalize: float | None = attrs.field(default=None, validator=_optional(_nonneg))
+    start_steps: int = attrs.field(default=2, validator=_pos)
+
+
+@attrs.frozen(kw_only=True)
+class SteerDiagnostics:
+    """``[steer.diagnostics]``: estimated ``grad V_t`` against a reference estimator's, on a t grid.
+
+    For each context time ``t``: ``contexts`` contexts ``x ~ p_t`` (``x = alpha_t z + beta_t x_1``
+    with exact data draws); every diagnosed estimator, rebuilt with ``particles = N`` for each
+    ``N`` of ``particles`` (estimators without a ``particles`` option are evaluated once and shown
+    flat), is compared with the reference: relative error ``|g - g_ref| / |g_ref|`` (norms over
+    all contexts) and the mean cosine.
+
+    Attributes:
+        reference: the value estimator taken as the truth (e.g. ``{kind = "exact"}``).
+        estimators: the estimators to diagnose; default: every distinct estimator of
+            ``[[steer.methods]]`` of another kind than the reference.
+        t_grid: context times, in (0, 1).
+        particles: the values of ``N``.
+        contexts: contexts per context time.
+    """
+
+    reference: ValueEstimatorSpec
+    estimators: list[ValueEstimatorSpec] | None = None
+    t_grid: tuple[float, ...] = attrs.field(
+        default=(0.1, 0.3, 0.5, 0.7, 0.9), validator=[_each([attrs.validators.gt(0), attrs.validators.lt(1)]), attrs.validators.min_len(1)]
+    )
+    particles: tuple[int, ...] = attrs.field(default=(1, 4, 16, 64), validator=[_each(_pos), attrs.validators.min_len(1)])
+    contexts: int = attrs.field(default=128, validator=_pos)
+
+
+@attrs.frozen(kw_only=True)
+class SteerSection:
+    """``[steer]``: inference-time steering toward ``p_1 exp(r) / Z``, every method against the exact tilt.
+
+    Needs a data source whose tilt by the reward is known exactly (``TiltableData``, e.g. ``gmm``)
+    and a reward with a closed form: each method's samples are compared with exact samples of the
+    tilted law by every metric, next to the noise floor (an independent exact set of the same size).
+
+    Attributes:
+        model: a ``model.pt`` to steer; default: the model trained by this run's ``[train]`` (when
+            given, ``[train]`` is skipped unless another stage needs the trained model).
+        rewards: the reward terms (``[[steer.rewards]]``); the reward is their weighted sum.
+        methods: the methods to compare (``[[steer.methods]]``).
+        samples: output samples per method and budget (and size of each exact reference set).
+        batch_size: samples steered at once (memory only: costs are counted per sample).
+        metrics: the distances (``[[steer.metrics]]`` tables).
+        headline: the metric that the excess over the floor and the checks use.
+        headline_method: the label of the method that the checks compare the others with;
+            default: the first method.
+        diagnostics: the estimator diagnostics (``[steer.diagnostics]``); default: none.
+        plots: write PNG plots.
+        plot_methods: how many runs to show in the sample scatter plot (the largest budget of each
+            of the first methods).
+    """
+
+    model: str | None = None
+    rewards: list[RewardTerm] = attrs.field(validator=attrs.validators.min_len(1))
+    methods: list[SteerMethod] = attrs.field(validator=attrs.validators.min_len(1))
+    samples: int = attrs.field(default=2000, validator=attrs.validators.ge(2))
+    batch_size: int = attrs.field(default=1000, validator=_pos)
+    metrics: list[MetricSpec] = filled([{"kind": "sw2"}, {"kind": "mmd"}, {"kind": "energy"}])
+    headline: str = "sw2"
+    headline_method: str | None = None
+    diagnostics: SteerDiagnostics | None = None
+    plots: bool = True
+    plot_methods: int = attrs.field(default=6, validator=_nonneg)
+
+
 @attrs.frozen(kw_only=True)
 class RunSpec:
     """A whole run spec (one TOML file)."""
@@ -234,6 +377,7 @@ class RunSpec:
     data: DataSourceSpec | None = None
     train: TrainSection | None = None
     evaluate: EvaluateSection | None = None
+    steer: SteerSection | None = None
 
     def components(self) -> dict[str, ComponentSpec]:
         """Every component table of the spec by key path (``"model.interpolant"``, ...)."""
