@@ -41,7 +41,7 @@ from mfm_framework.interfaces import Integrator, SteeringContext, ValueEstimator
 from mfm_framework.interfaces._time import pad_time
 from mfm_framework.ledger import Cost, CostLedger
 
-__all__ = ["SteeredResult", "check_compatible", "steered_sample", "unsteered_start"]
+__all__ = ["SamplingResult", "SteeredResult", "check_compatible", "steered_sample", "unsteered_start"]
 
 
 def _name(component: Any) -> str:
@@ -65,12 +65,36 @@ def check_compatible(estimator: ValueEstimator | type, reward: Any) -> None:
 
 
 @attrs.frozen(kw_only=True)
-class SteeredResult:
+class SamplingResult:
+    """The record every steering method returns (the steered sampler and the sampler-level baselines).
+
+    An evaluation treats every method alike through these fields and :meth:`flags`; the
+    subclasses (:class:`SteeredResult`, :class:`mfm_framework.baselines.BaselineResult`) add
+    what is particular to a method.
+
+    Attributes:
+        samples: the output samples ``[B, *D]``.
+        cost: the cost per output sample, counted by the ledger (wall time in total).
+        method: which method produced them (``"steered"``, ``"best-of-n"``, ``"sir"``, ...).
+    """
+
+    samples: Tensor
+    cost: Cost
+    method: str
+
+    def flags(self) -> dict[str, Any]:
+        """The settings and flags that qualify the samples, as a plain dict (for summaries)."""
+        return {"method": self.method}
+
+
+@attrs.frozen(kw_only=True)
+class SteeredResult(SamplingResult):
     """What :func:`steered_sample` returns.
 
     Attributes:
         samples: the final states ``[B, *D]`` (draws of ``p_r`` when ``b`` and ``grad V`` are exact).
         cost: the cost per output sample, counted by the ledger (wall time in total).
+        method: ``"steered"``.
         times: the grid integrated over, ``[K + 1]``.
         path: the states on the grid ``[K + 1, B, *D]``, or ``None`` unless asked for.
         sde: True for the SDE, False for the ODE.
@@ -85,8 +109,7 @@ class SteeredResult:
         integrator: the integrator's name.
     """
 
-    samples: Tensor
-    cost: Cost
+    method: str = "steered"
     times: Tensor
     path: Tensor | None
     sde: bool
@@ -101,6 +124,7 @@ class SteeredResult:
     def flags(self) -> dict[str, Any]:
         """The settings and flags that qualify the samples, as a plain dict (for summaries)."""
         return {
+            "method": self.method,
             "estimator": self.estimator,
             "integrator": self.integrator,
             "sde": self.sde,
