@@ -5,13 +5,16 @@ the ``[steer]`` section of the spec (MATH.md sections 6 and 8). The data source 
 tilts (:class:`~mfm_framework.interfaces.TiltableData`) and the reward must have a closed form,
 so that the target ``p_r = p_1 exp(r) / Z`` is known exactly.
 
-**Methods.** Each ``[[steer.methods]]`` table is run at every budget it lists (each value of
-``steps`` times each value of ``particles``): from one shared set of pure-noise starts, the
-unsteered base ODE to ``t_min`` (:func:`~mfm_framework.steering.unsteered_start`), then the steered
-ODE or SDE to 1 (:func:`~mfm_framework.steering.steered_sample`). A fresh
+**Methods.** Each ``[[steer.methods]]`` table is run at every budget it lists (each combination
+of its ``steps``, ``particles`` and ``draws``). An estimator method starts from one set of
+pure-noise draws shared by every estimator method, integrates the unsteered base ODE to ``t_min``
+(:func:`~mfm_framework.steering.unsteered_start`), then the steered ODE or SDE to 1
+(:func:`~mfm_framework.steering.steered_sample`); a baseline runs its function of
+:mod:`mfm_framework.baselines` (Best-of-N, SIR, SMC, MFM-Search). A fresh
 :class:`~mfm_framework.ledger.CostLedger` attached to the model and the reward counts what each
 run really evaluates (the start included): per-sample base and MFM forwards, backwards, reward
-calls, the NFE under the paper's accounting, and the wall time.
+calls, the NFE under the paper's accounting, and the wall time. SMC's mean effective sample size
+at each grid time is kept in the run's flags (``ess_mean``).
 
 **Measures** of each run's ``samples`` outputs, against one set of exact draws of ``p_r`` of the
 same size:
@@ -151,31 +154,77 @@ def _reward_means(reward: WeightedReward, x: Tensor) -> tuple[float, dict[str, f
 
 # ------------------------------------------------------------------------------------ one run
 def _run_method(
-    *, model: Any, reward: WeightedReward, data: Any, method: Any, estimator: Any, steps: int,
-    noise: Tensor, generator: torch.Generator, batch_size: int,
+    *, model: Any, reward: WeightedReward, data: Any, method: Any, steps: int, particles: int | None,
+    draws: int | None, noise: Tensor, generator: torch.Generator, batch_size: int,
 ) -> tuple[Tensor, Any, dict[str, Any]]:
-    """Steer ``noise`` (``[n, *D]`` draws of ``N(0, I)``) in batches; the samples, the cost per sample
-    (start included) and the result's flags."""
+    """Run one method at one budget on ``noise.shape[0]`` output samples, in batches.
+
+    Estimator methods start from ``noise`` (``[n, *D]`` draws of ``N(0, I)``, shared by every
+    method); the baselines draw their own starts from ``generator``.
+
+    Returns:
+        The samples, the cost per output sample (counted by one fresh ledger: the start included)
+        and the method's flags (those of its last batch; ``clamped`` of any batch).
+    """
+    from mfm_framework import baselines
+
     integrator = method.integrator.build()
     ledger = CostLedger()
     context = SteeringContext(model=model, reward=reward, generator=generator, ledger=ledger, data=data)
     param = next(model.parameters())
-    times = uniform_grid(method.t_min, 1.0, steps, dtype=param.dtype, device=param.device)
+    kind = method.baseline
+    if kind is None:
+        estimator = _with_particles(method.estimator, particles)
+        times = uniform_grid(method.t_min, 1.0, steps, dtype=param.dtype, device=param.device)
+    elif kind == "smc":
+        estimator = method.estimator.build()
+        times = uniform_grid(method.t_min, 1.0, steps, dtype=param.dtype, device=param.device)
+    elif kind == "mfm-search":
+        times = uniform_grid(0.0, 1.0, steps, dtype=param.dtype, device=param.device)
+    elif method.sampler == "kernel":
+        sampler = baselines.KernelSampler(steps=steps)
+    else:
+        sampler = baselines.ODESampler(integrator=integrator, times=uniform_grid(0.0, 1.0, steps, dtype=param.dtype, device=param.device))
     out: list[Tensor] = []
+    ess: list[Tensor] = []
     flags: dict[str, Any] = {}
     clamped = False
     with ledger.attach(model):
         for chunk in noise.split(batch_size):
-            x = unsteered_start(model=model, integrator=integrator, noise=chunk, t_min=method.t_min, steps=method.start_steps)
-            result = steered_sample(
-                estimator=estimator, integrator=integrator, context=context, x=x, times=times,
-                sde=method.sde, g_max=method.g_max, renormalize=method.renormalize,
-            )
+            size = chunk.shape[0]
+            if kind is None:
+                x = unsteered_start(model=model, integrator=integrator, noise=chunk, t_min=method.t_min, steps=method.start_steps)
+                result: Any = steered_sample(
+                    estimator=estimator, integrator=integrator, context=context, x=x, times=times,
+                    sde=method.sde, g_max=method.g_max, renormalize=method.renormalize,
+                )
+                clamped = clamped or result.clamped
+            elif kind in ("best-of-n", "sir"):
+                run = baselines.best_of_n if kind == "best-of-n" else baselines.sir
+                assert draws is not None
+                result = run(context=context, n=size, draws=draws, sampler=sampler, max_batch=batch_size * 16)
+            elif kind == "smc":
+                assert particles is not None
+                result = baselines.smc(
+                    context=context, estimator=estimator, integrator=integrator, times=times, n=size,
+                    particles=particles, ess_threshold=method.ess_threshold, resampling=method.resampling,
+                    start_steps=method.start_steps,
+                )
+            else:
+                assert draws is not None
+                result = baselines.mfm_search(
+                    context=context, n=size, draws=draws, times=times, particles=particles or 1,
+                    posterior_steps=method.posterior_steps,
+                )
             out.append(result.samples)
-            clamped = clamped or result.clamped
             flags = result.flags()
-    flags["clamped"] = clamped
-    flags["start_steps"] = method.start_steps
+            if getattr(result, "ess", None) is not None:  # SMC: the ESS trace, [K + 1, groups]
+                ess.append(result.ess)
+    if ess:
+        flags["ess_mean"] = [_num(v) for v in torch.cat(ess, dim=1).double().mean(1)]
+    if kind is None:
+        flags["clamped"] = clamped
+        flags["start_steps"] = method.start_steps
     return torch.cat(out), ledger.cost(samples=noise.shape[0]), flags
 
 
@@ -189,7 +238,7 @@ def _diagnosed(cfg: Any) -> list[tuple[str, Any]]:
         specs, seen = [], set()
         for method in cfg.methods:
             spec = method.estimator
-            if spec.component is diag.reference.component:
+            if method.baseline is not None or spec is None or spec.component is diag.reference.component:
                 continue
             fields = attrs.asdict(spec.options) if attrs.has(type(spec.options)) else {}
             fields.pop("particles", None)
@@ -279,11 +328,14 @@ def _checks(cfg: Any, labels: list[str], runs: list[MethodRun], excess: dict[str
         at = [r for r in rows if r.steps == steps]
         return max(at, key=lambda r: r.record["cost"]["nfe"])
 
+    def steered(rows: list[MethodRun]) -> bool:
+        return rows[0].record["method"] == "steered"
+
     same: dict[str, Any] = {}
     for label, rows in by_label.items():
         common = sorted({r.steps for r in rows} & {r.steps for r in mine})
-        if label == head_label or not common:
-            continue
+        if label == head_label or not common or not (steered(rows) and steered(mine)):
+            continue  # "steps" are steering steps only for the steered methods
         k = common[-1]
         a, b = excess[_key(best_at(mine, k))], excess[_key(best_at(rows, k))]
         same[label] = {"steps": k, "excess": [a, b], "ratio": _ratio(a, b) if b > 0 else None}
@@ -313,14 +365,11 @@ def _checks(cfg: Any, labels: list[str], runs: list[MethodRun], excess: dict[str
             label: _ratio(rows[first], rows[last]) for label, rows in diagnostics["relative_error"].items()
         }
         reference = cfg.diagnostics.reference.component
-        floor = None
         over: dict[str, Any] = {}
         for method, label in zip(cfg.methods, labels):
-            if method.estimator.component is reference and by_label.get(label):
+            if method.baseline is None and method.estimator.component is reference and by_label.get(label):
                 top_ref = max(by_label[label], key=lambda r: r.record["cost"]["nfe"])
-                head = top_ref.record["distances"][cfg.headline]
-                floor = top_ref.record["floor"]
-                over[label] = _ratio(head, floor)
+                over[label] = _ratio(top_ref.record["distances"][cfg.headline], top_ref.record["floor"])
         if over:
             checks["reference_over_floor"] = over
     return checks
@@ -389,6 +438,10 @@ def _density_grid(law: Any, model: Any, reference: Tensor) -> Any:
 
 
 # ---------------------------------------------------------------------------------------- table
+def _dash(value: Any) -> Any:
+    return "-" if value is None else value
+
+
 def format_steering(summary: dict[str, Any]) -> str:
     """The steer stage's results as fixed-width tables (what ``mfm run`` prints)."""
     head = summary["headline_metric"]
@@ -407,24 +460,24 @@ def format_steering(summary: dict[str, Any]) -> str:
         previous = run["label"]
         c = run["cost"]
         rows.append([
-            run["label"], run["steps"], run["particles"] if run["particles"] is not None else "-", c["nfe"],
+            run["label"], run["steps"], _dash(run["particles"]), _dash(run["draws"]), c["nfe"],
             *(run["distances"][k] for k in keys), run["excess"], run["mode_tv"], run["mean_reward"],
             *(run["reward_terms"][t] for t in term_labels if len(term_labels) > 1), c["wall_s"],
         ])
     rules.append(len(rows))
     fl = summary["floor_record"]
     rows.append([
-        FLOOR + " (exact)", "-", "-", 0, *(summary["floor"][k] for k in keys), 0.0, fl["mode_tv"], fl["mean_reward"],
+        FLOOR + " (exact)", "-", "-", "-", 0, *(summary["floor"][k] for k in keys), 0.0, fl["mode_tv"], fl["mean_reward"],
         *(fl["reward_terms"][t] for t in term_labels if len(term_labels) > 1), "-",
     ])
-    headers = ["method", "K", "N", "NFE", *keys, f"{head} excess", "mode TV", "mean r",
+    headers = ["method", "K", "N", "draws", "NFE", *keys, f"{head} excess", "mode TV", "mean r",
                *(f"r[{t}]" for t in term_labels if len(term_labels) > 1), "wall s"]
     lines += _grid(headers, rows, rules=rules)
-    costs = [[r["label"], r["steps"], r["particles"] if r["particles"] is not None else "-",
+    costs = [[r["label"], r["steps"], _dash(r["particles"]), _dash(r["draws"]),
               r["cost"]["base_forwards"], r["cost"]["mfm_forwards"], r["cost"]["backwards"], r["cost"]["reward_calls"],
               r["cost"]["nfe"], " ".join(f for f in r["notes"]) or "-"] for r in summary["runs"]]
     lines += ["", "steer: counted cost per sample (rows through each network and the reward)"]
-    lines += _grid(["method", "K", "N", "base", "mfm", "backward", "reward", "NFE", "notes"], costs, rules=rules[:-1])
+    lines += _grid(["method", "K", "N", "draws", "base", "mfm", "backward", "reward", "NFE", "notes"], costs, rules=rules[:-1])
     diag = summary.get("diagnostics")
     if isinstance(diag, dict):
         ns = [str(n) for n in diag["particles"]]
@@ -512,31 +565,34 @@ def steer_stage(ctx: Any) -> dict[str, Any]:
     start_gen = ctx.generator(_START, device=device)
     noise = torch.randn((n, *model.data_shape), generator=start_gen, device=device, dtype=dtype)
     budgets = [
-        (method, label, k, p)
+        (method, label, k, p, d)
         for method, label in zip(cfg.methods, labels)
         for k in method.steps
         for p in (method.particles or [None])
+        for d in (method.draws or [None])
     ]
     runs: list[MethodRun] = []
     excess: dict[str, float] = {}
     shown: dict[str, Tensor] = {}
     bar = tqdm(budgets, desc="steer", disable=None, leave=False)
     plain = bar.disable
-    for i, (method, label, k, p) in enumerate(bar):
+    for i, (method, label, k, p, d) in enumerate(bar):
+        if method.baseline is None and p is None and method.estimator is not None and _has_particles(method.estimator.options):
+            p = method.estimator.options.particles  # the estimator's own
+        if method.baseline == "mfm-search" and p is None:
+            p = 1
+        run_key = f"{label}/K={k}" + (f"/N={p}" if p is not None else "") + (f"/draws={d}" if d is not None else "")
         if not plain:
-            bar.set_postfix_str(f"{label} K={k}" + (f" N={p}" if p is not None else ""), refresh=True)
-        estimator = _with_particles(method.estimator, p)
-        particles = p if p is not None else getattr(estimator.options, "particles", None) if _has_particles(estimator.options) else None
-        gen = torch.Generator(device=device).manual_seed(_seed_of(ctx.spec.run.seed + _RUNS, label, k, particles))
+            bar.set_postfix_str(run_key, refresh=True)
+        gen = torch.Generator(device=device).manual_seed(_seed_of(ctx.spec.run.seed + _RUNS, run_key))
         samples, cost, flags = _run_method(
-            model=model, reward=reward, data=data, method=method, estimator=estimator, steps=k, noise=noise,
+            model=model, reward=reward, data=data, method=method, steps=k, particles=p, draws=d, noise=noise,
             generator=gen, batch_size=cfg.batch_size,
         )
         distances = _compare(metrics, samples, reference, metric_seed)
         with torch.no_grad():
             mean_r, terms = _reward_means(reward, samples)
         tv = _num(_total_variation(_mode_weights(mixture, samples), mixture[2])) if mixture else None
-        run_key = f"{label}/K={k}/N={particles}"
         excess[run_key] = distances[head] - floor[head]
         notes = [note for note, on in (("clamped", flags.get("clamped")), ("renormalized", flags.get("renormalized")), ("sde", flags.get("sde"))) if on]
         nonfinite = int((~torch.isfinite(samples.reshape(n, -1)).all(1)).sum())
@@ -545,9 +601,11 @@ def steer_stage(ctx: Any) -> dict[str, Any]:
         record = {
             "run": run_key,
             "label": label,
-            "estimator": method.estimator.name,
+            "method": method.baseline or "steered",
+            "estimator": method.estimator.name if method.estimator is not None else None,
             "steps": k,
-            "particles": particles,
+            "particles": p,
+            "draws": d,
             "distances": {key: _num(v) for key, v in distances.items()},
             "excess": _num(excess[run_key]),
             "floor": _num(floor[head]),
@@ -562,7 +620,7 @@ def steer_stage(ctx: Any) -> dict[str, Any]:
         if plain:
             print(f"mfm: steer {i + 1}/{len(budgets)} {run_key}: {head} excess {_fmt(excess[run_key])}, "
                   f"NFE {_fmt(cost.nfe)}, {cost.wall_s:.1f} s", file=sys.stderr)
-        runs.append(MethodRun(label=label, steps=k, particles=particles, record=record))
+        runs.append(MethodRun(label=label, steps=k, particles=p, record=record))
         shown[label] = samples  # the last (largest) budget of each method
     bar.close()
 

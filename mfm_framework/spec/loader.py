@@ -298,7 +298,10 @@ def _steer_checks(spec: RunSpec) -> list[tuple[str, str]]:
         problems.append(("$.steer.headline_method", f"{steer.headline_method!r} is not the label of a method ({', '.join(labels)})"))
     # A reward is differentiable when every term is (a weighted sum is).
     blocking = next((t for t in steer.rewards if not getattr(t.reward.component, "is_differentiable", True)), None)
-    estimators = [(f"$.steer.methods[{i}].estimator", m.estimator) for i, m in enumerate(steer.methods)]
+    estimators = [  # the estimators whose gradients steer (SMC calls only the value)
+        (f"$.steer.methods[{i}].estimator", m.estimator) for i, m in enumerate(steer.methods)
+        if m.estimator is not None and m.baseline is None
+    ]
     if steer.diagnostics is not None:
         estimators.append(("$.steer.diagnostics.reference", steer.diagnostics.reference))
         estimators += [(f"$.steer.diagnostics.estimators[{i}]", e) for i, e in enumerate(steer.diagnostics.estimators or ())]
@@ -309,13 +312,37 @@ def _steer_checks(spec: RunSpec) -> list[tuple[str, str]]:
             except ValueError as exc:
                 problems.append((path + ".kind", str(exc)))
     for i, method in enumerate(steer.methods):
-        path = f"$.steer.methods[{i}]"
-        if method.particles is not None and not _has_field(method.estimator.options, "particles"):
-            problems.append((f"{path}.particles", f"value estimator {method.estimator.name!r} has no 'particles' option to vary"))
-        if method.sde and not getattr(method.integrator.component, "stochastic", False):
-            problems.append((f"{path}.integrator.kind", f"integrator {method.integrator.name!r} is deterministic and cannot integrate the steered SDE (sde = true); choose a stochastic one (`mfm ls integrators`)"))
-        if method.t_min == 0 and method.g_max is None:
-            problems.append((f"{path}.t_min", "g_t is infinite at t = 0: start at a small t_min > 0 or clamp g_t with g_max"))
+        problems += _method_checks(method, f"$.steer.methods[{i}]")
+    return problems
+
+
+def _method_checks(method: Any, path: str) -> list[tuple[str, str]]:
+    """Problems of one ``[[steer.methods]]`` table: the keys its kind of method needs and takes."""
+    problems: list[tuple[str, str]] = []
+    kind = method.baseline
+    what = f"baseline {kind!r}" if kind is not None else "an estimator method (no 'baseline')"
+    needs_estimator = kind in (None, "smc")
+    if needs_estimator and method.estimator is None:
+        problems.append((f"{path}.estimator", f"required by {what}: which value estimator? (`mfm ls value-estimators`)"))
+    if not needs_estimator and method.estimator is not None:
+        problems.append((f"{path}.estimator", f"{what} uses no value estimator"))
+    if kind in ("best-of-n", "sir", "mfm-search") and method.draws is None:
+        problems.append((f"{path}.draws", f"required by {what}: how many draws? e.g. draws = [4, 16, 64]"))
+    if kind in (None, "smc") and method.draws is not None:
+        problems.append((f"{path}.draws", f"{what} takes no draws"))
+    if kind == "smc" and method.particles is None:
+        problems.append((f"{path}.particles", "required by baseline 'smc': particles per output sample, e.g. particles = [16]"))
+    if kind in ("best-of-n", "sir") and method.particles is not None:
+        problems.append((f"{path}.particles", f"{what} takes no particles (its candidates are 'draws')"))
+    if kind is None and method.estimator is not None and method.particles is not None and not _has_field(method.estimator.options, "particles"):
+        problems.append((f"{path}.particles", f"value estimator {method.estimator.name!r} has no 'particles' option to vary"))
+    if method.sde and kind is not None:
+        problems.append((f"{path}.sde", f"{what} does not integrate the steered dynamics (smc always moves on the base SDE)"))
+    stochastic = getattr(method.integrator.component, "stochastic", False)
+    if (method.sde or kind == "smc") and not stochastic:
+        problems.append((f"{path}.integrator.kind", f"integrator {method.integrator.name!r} is deterministic and cannot integrate an SDE ({'smc' if kind else 'sde = true'}); choose a stochastic one (`mfm ls integrators`)"))
+    if kind in (None, "smc") and method.t_min == 0 and (method.g_max is None or kind == "smc"):
+        problems.append((f"{path}.t_min", "g_t is infinite at t = 0: start at a small t_min > 0" + (" or clamp g_t with g_max" if kind is None else "")))
     return problems
 
 
@@ -324,8 +351,8 @@ def _has_field(options: Any, name: str) -> bool:
 
 
 def steer_method_labels(steer: Any) -> list[str]:
-    """The label of each ``[[steer.methods]]`` table: its ``label``, else its estimator's name
-    (suffixed ``-2``, ``-3``... when the same name labels several methods)."""
+    """The label of each ``[[steer.methods]]`` table: its ``label``, else its baseline's or its
+    estimator's name (suffixed ``-2``, ``-3``... when the same name labels several methods)."""
     given = {m.label for m in steer.methods if m.label is not None}
     labels: list[str] = []
     seen: dict[str, int] = {}
@@ -333,7 +360,7 @@ def steer_method_labels(steer: Any) -> list[str]:
         if method.label is not None:
             labels.append(method.label)
             continue
-        base = method.estimator.name
+        base = method.baseline or (method.estimator.name if method.estimator is not None else "method")
         seen[base] = seen.get(base, 0) + 1
         label = base if seen[base] == 1 else f"{base}-{seen[base]}"
         while label in given:

@@ -265,41 +265,78 @@ class RewardTerm:
     label: str | None = None
 
 
+#: The sampler-level baselines a ``[[steer.methods]]`` table can name (``mfm_framework.baselines``).
+BASELINES: tuple[str, ...] = ("best-of-n", "sir", "smc", "mfm-search")
+
+
 @attrs.frozen(kw_only=True)
 class SteerMethod:
     """One ``[[steer.methods]]`` table: a steering method to compare, run at one or more budgets.
 
-    An *estimator method* integrates the steered ODE (or SDE) of MATH.md section 6 with a value
-    estimator: from pure noise, ``start_steps`` steps of the unsteered base ODE to ``t_min`` (a draw
-    of ``p_{t_min}``), then ``steps`` steps of the steered dynamics on a uniform grid to 1.
+    A method is run once for every combination of the values of ``steps``, ``particles`` and
+    ``draws`` that it uses (a sweep: one point each on the distance-vs-NFE plot).
+
+    - **Estimator method** (no ``baseline``): the steered ODE (or SDE) of MATH.md section 6 with
+      the value estimator ``estimator``: from pure noise, ``start_steps`` steps of the unsteered
+      base ODE to ``t_min`` (a draw of ``p_{t_min}``), then ``steps`` steps of ``integrator`` on a
+      uniform grid to 1. ``particles`` sweeps the estimator's own ``particles`` option.
+    - **Baselines** (``mfm_framework.baselines``; MATH.md section 6):
+
+      - ``"best-of-n"`` / ``"sir"``: ``draws`` base samples per output sample, keep the best /
+        resample one in proportion to ``exp r``; the base sampler is ``sampler`` with ``steps``
+        steps (``"kernel"``: the K-step MFM kernel sampler; ``"ode"``: the base ODE with
+        ``integrator``).
+      - ``"smc"``: ``particles`` particles per output sample on the base SDE from ``t_min`` to 1
+        (``steps`` steps of the stochastic ``integrator``), weighted by the potentials
+        ``V_t`` of ``estimator`` (its ``value`` only), resampled when the effective sample size
+        falls below ``ess_threshold`` times the particles.
+      - ``"mfm-search"``: ``particles`` greedy chains per output sample (default 1), ``draws``
+        posterior draws per chain and step (``posterior_steps`` inner jumps each) over ``steps``
+        steps from 0 to 1.
 
     Attributes:
-        label: the method's name in tables, plots and checks; default: the estimator's name
-            (``-2``, ``-3``... when repeated).
-        estimator: the value estimator (``[steer.methods.estimator]``, a component table).
-        integrator: the integrator of the steered dynamics (stochastic for ``sde = true``).
-        steps: steering steps ``K`` on the uniform grid from ``t_min`` to 1; one run per value.
-        particles: values of the estimator's ``particles`` option (``N``), one run per value (and
-            per ``steps``); default: the estimator's own option.
-        sde: integrate the steered SDE instead of the ODE.
-        t_min: the start time of the steered integration (``g_t`` is infinite at 0).
+        label: the method's name in tables, plots and checks; default: the estimator's name for an
+            estimator method, the baseline's name for a baseline (``-2``, ``-3``... when repeated).
+        baseline: a sampler-level baseline (one of ``BASELINES``), or none: an estimator method.
+        estimator: the value estimator (``[steer.methods.estimator]``, a component table); for
+            estimator methods and ``"smc"``.
+        integrator: the integrator of the steered dynamics (stochastic for ``sde = true`` and for
+            ``"smc"``; the base ODE's for a ``sampler = "ode"``).
+        steps: steps ``K`` (steered dynamics, SMC moves, search steps, or the base sampler's).
+        particles: estimator methods: values of the estimator's ``particles`` option (default:
+            the estimator's own); ``"smc"``: particles per output sample (required);
+            ``"mfm-search"``: chains per output sample (default 1).
+        draws: ``"best-of-n"``, ``"sir"``: candidates per output sample; ``"mfm-search"``:
+            posterior draws per chain and step (required for these three).
+        sde: integrate the steered SDE instead of the ODE (estimator methods).
+        t_min: the start time of the steered integration and of SMC (``g_t`` is infinite at 0).
         g_max: clamp ``g_t`` at this value (reported when it takes effect); default: no clamp.
         renormalize: ``kappa`` of the paper's renormalisation (``kappa |b| grad V / |grad V|``
             replaces ``g_t grad V``; changes the target, reported); default: off.
-        start_steps: steps of the unsteered base ODE from noise at 0 to ``t_min`` (with the same
-            integrator; its cost is part of the method's).
+        start_steps: steps of the unsteered base ODE from noise at 0 to ``t_min`` (with
+            ``integrator``, without noise; its cost is part of the method's).
+        sampler: the base sampler of ``"best-of-n"`` and ``"sir"``.
+        ess_threshold: ``"smc"``: resample when the ESS falls below this fraction of the particles.
+        resampling: ``"smc"``: the resampling scheme.
+        posterior_steps: ``"mfm-search"``: inner jumps of each posterior draw.
     """
 
     label: str | None = attrs.field(default=None, validator=_optional(_matches(_NAME_RE, "letters, digits, '.', '_' or '-'")))
-    estimator: ValueEstimatorSpec
+    baseline: Literal["best-of-n", "sir", "smc", "mfm-search"] | None = None
+    estimator: ValueEstimatorSpec | None = None
     integrator: IntegratorSpec = filled({"kind": "euler"})
     steps: tuple[int, ...] = attrs.field(default=(20,), validator=[_each(_pos), attrs.validators.min_len(1)])
     particles: tuple[int, ...] | None = attrs.field(default=None, validator=_optional([_each(_pos), attrs.validators.min_len(1)]))
+    draws: tuple[int, ...] | None = attrs.field(default=None, validator=_optional([_each(_pos), attrs.validators.min_len(1)]))
     sde: bool = False
     t_min: float = attrs.field(default=0.02, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
     g_max: float | None = attrs.field(default=None, validator=_optional(_pos))
     renormalize: float | None = attrs.field(default=None, validator=_optional(_nonneg))
     start_steps: int = attrs.field(default=2, validator=_pos)
+    sampler: Literal["kernel", "ode"] = "kernel"
+    ess_threshold: float = attrs.field(default=0.5, validator=_unit)
+    resampling: Literal["systematic", "multinomial"] = "systematic"
+    posterior_steps: int = attrs.field(default=1, validator=_pos)
 
 
 @attrs.frozen(kw_only=True)
