@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import attrs
 import torch
@@ -65,6 +66,10 @@ class ObjectiveOptions:
         consistency_weight: multiplier of the consistency term.
         curriculum: fraction of training over which the largest ``u - s`` widens linearly from 0
             (diagonal only) to 1; 0 disables the curriculum.
+        pairs: how the off-diagonal times ``s < u`` are drawn: ``"sorted"`` (two sorted
+            uniforms: the gap ``u - s`` has density ``2 (1 - h)``, so the one-step corner
+            ``(0, 1)`` is almost never seen) or ``"uniform-gap"`` (``h ~ U(0, 1)``, then
+            ``s ~ U(0, 1 - h)``: every gap equally often, long jumps included).
     """
 
     c: float = attrs.field(default=0.01, validator=attrs.validators.gt(0))
@@ -72,6 +77,7 @@ class ObjectiveOptions:
     p_consistency: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
     consistency_weight: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
     curriculum: float = attrs.field(default=0.0, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
+    pairs: Literal["sorted", "uniform-gap"] = "uniform-gap"
 
 
 @attrs.frozen(kw_only=True)
@@ -106,10 +112,14 @@ class FlowMapObjective(ConsistencyLoss, abc.ABC):
             u = s
         else:
             a, b = torch.rand(2, n, generator=gen, device=x_1.device, dtype=x_1.dtype)
-            s, u = torch.minimum(a, b), torch.maximum(a, b)
+            if self.options.pairs == "sorted":
+                s, h = torch.minimum(a, b), (a - b).abs()
+            else:
+                h = a
+                s = b * (1 - h)
             if self.options.curriculum > 0:
-                scale = min(1.0, batch.progress / self.options.curriculum)
-                u = s + scale * (u - s)
+                h = h * min(1.0, batch.progress / self.options.curriculum)
+            u = s + h
         eps = torch.randn(x_1.shape, generator=gen, device=x_1.device, dtype=x_1.dtype)
         y = model.inner.interpolate(x_0=eps, x_1=x_1, t=s)
         return InnerDraw(s=s, u=u, eps=eps, y=y)
