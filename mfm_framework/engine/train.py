@@ -2,6 +2,10 @@
 
 Single process on CPU or one GPU. Deterministic given the seed on CPU; resumable bit-identically
 from its checkpoints (model, EMA, optimizer, scheduler, step and every RNG state are saved).
+
+:class:`OptimizationLoop` is the machinery shared with the other training engines (fine-tuning):
+optimizer, warm-up and cosine schedule, gradient clipping, EMA, ``metrics.jsonl`` records,
+atomic checkpoints, resume, the progress bar, and a checkpoint on ``KeyboardInterrupt``.
 """
 
 from __future__ import annotations
@@ -9,9 +13,12 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mfm_framework.checkpoint import (
@@ -29,7 +36,7 @@ from mfm_framework.interfaces import TrainingBatch
 from mfm_framework.interfaces._time import pad_time
 from mfm_framework.model import MetaFlowMap
 
-__all__ = ["train_stage", "sample_context_times", "make_optimizer", "lr_factor"]
+__all__ = ["train_stage", "sample_context_times", "make_optimizer", "lr_factor", "OptimizationLoop"]
 
 # Offsets of the run seed for the independent random streams of training.
 DATA_STREAM, LOSS_STREAM, INIT_STREAM = 1, 2, 3
@@ -82,6 +89,158 @@ class _Progress:
         self.bar.close()
 
 
+StepFn = Callable[[int], "tuple[Tensor, dict[str, float]]"]
+"""One optimisation step's loss: takes the step number (from 1), returns the scalar loss to
+back-propagate and the extra scalars to log with it."""
+
+
+class OptimizationLoop:
+    """The optimisation machinery shared by the training engines (train, fine-tune).
+
+    Owns the optimizer (:func:`make_optimizer`), the warm-up/cosine schedule (:func:`lr_factor`),
+    gradient clipping, the EMA of the weights (``torch.optim.swa_utils.AveragedModel``), the
+    checkpoints (atomic, pruned, resumable bit-identically on CPU: model, EMA, optimizer,
+    scheduler, step, the named generators and torch's global RNG, plus an engine's ``extra``
+    state), ``metrics.jsonl`` records every ``log_every`` steps (window means), the progress bar,
+    the ``mfm_train_step_end`` and ``mfm_checkpoint_saved`` hooks, and a checkpoint when
+    interrupted (``KeyboardInterrupt``). It does not know what the loss is.
+
+    Args:
+        ctx: the run context (``log``, ``plugins``).
+        model: the trained module (its parameters get the optimizer).
+        cfg: a section with ``steps``, ``optimizer``, ``lr``, ``beta1``, ``beta2``,
+            ``weight_decay``, ``warmup_steps``, ``schedule``, ``grad_clip``, ``ema_decay``,
+            ``log_every``, ``checkpoint_every`` and ``keep_checkpoints``.
+        directory: the checkpoint folder (created).
+        generators: the engine's random streams by name, saved and restored with checkpoints.
+        desc: the progress bar's label.
+        record: fields of every ``metrics.jsonl`` record (e.g. ``{"stage": "train"}``).
+        section: the spec section named in error messages (e.g. ``"train"``).
+
+    Attributes:
+        ema: the EMA of ``model`` (``ema.module`` is the averaged model).
+        start: the step of the checkpoint resumed from (0 for a fresh start).
+        last_loss: the loss of the last step taken.
+    """
+
+    def __init__(
+        self,
+        ctx: Any,
+        *,
+        model: torch.nn.Module,
+        cfg: Any,
+        directory: Path,
+        generators: dict[str, torch.Generator],
+        desc: str,
+        record: dict[str, Any],
+        section: str,
+    ) -> None:
+        self.ctx, self.model, self.cfg = ctx, model, cfg
+        self.directory, self.generators = Path(directory), generators
+        self.desc, self.record, self.section = desc, record, section
+        self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        self.optimizer = make_optimizer(model.parameters(), cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, cfg))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.start = 0
+        self.last_loss = float("nan")
+        self.resumed_from: Path | None = None
+        self.extra_state: Callable[[], Any] | None = None
+
+    def resume(self) -> Any:
+        """Load the latest checkpoint of the folder, when there is one; returns its ``extra`` state
+        (None for a fresh start or none saved)."""
+        last = latest_checkpoint(self.directory)
+        if last is None:
+            return None
+        state = load_payload(last, expected_format=CHECKPOINT_FORMAT, map_location=next(self.model.parameters()).device)
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        for name, gen in self.generators.items():
+            gen.set_state(state["rng"][name])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.start = int(state["step"])
+        self.last_loss = float(state.get("last_loss", float("nan")))
+        self.resumed_from = last
+        print(f"mfm: resuming {self.desc} from {last.name} (step {self.start})", file=sys.stderr)
+        return state.get("extra")
+
+    def save(self, step: int) -> None:
+        """Write the checkpoint of ``step`` atomically and prune old ones."""
+        path = checkpoint_path(self.directory, step)
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "version": 1,
+            "step": step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {**{name: gen.get_state() for name, gen in self.generators.items()}, "torch": torch.get_rng_state()},
+            "last_loss": self.last_loss,
+        }
+        if self.extra_state is not None:
+            payload["extra"] = self.extra_state()
+        save_payload(path, payload)
+        prune_checkpoints(self.directory, self.cfg.keep_checkpoints)
+        self.ctx.plugins.hook.mfm_checkpoint_saved(run=self.ctx, path=str(path), step=step)
+
+    def run(self, step_fn: StepFn, *, after_step: Callable[[int], None] | None = None) -> float:
+        """Steps ``start + 1 .. cfg.steps``: loss, backward, clipping, optimizer, schedule, EMA,
+        records; ``after_step(step)`` (e.g. a periodic evaluation) before that step's checkpoint.
+        Saves the last checkpoint; on ``KeyboardInterrupt``, a checkpoint of the last step taken.
+
+        Returns:
+            the elapsed seconds.
+        """
+        cfg, ctx = self.cfg, self.ctx
+        model = self.model
+        progress = _Progress(cfg.steps, self.start, self.desc)
+        model.train()
+        began, step = time.time(), self.start
+        window: dict[str, float] = {}
+        try:
+            for step in range(self.start + 1, cfg.steps + 1):
+                loss, extra = step_fn(step)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"the loss is {loss.item()} at step {step}; lower {self.section}.lr or raise {self.section}.grad_clip"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                self.optimizer.step()
+                self.scheduler.step()
+                self.ema.update_parameters(model)
+
+                self.last_loss = float(loss.detach())
+                metrics = {"loss": self.last_loss, "grad_norm": float(grad_norm), **extra}
+                for key, value in metrics.items():
+                    window[key] = window.get(key, 0.0) + value
+                ctx.plugins.hook.mfm_train_step_end(run=ctx, step=step, metrics=metrics)
+                progress.update(step, self.last_loss)
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    count = cfg.log_every if step % cfg.log_every == 0 else (step % cfg.log_every)
+                    ctx.log({**self.record, "step": step, "lr": self.scheduler.get_last_lr()[0], **{k: v / count for k, v in window.items()}})
+                    window = {}
+                if after_step is not None:
+                    after_step(step)
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != cfg.steps:
+                    self.save(step)
+        except KeyboardInterrupt:
+            if step > self.start:
+                self.save(step)
+                print(f"\nmfm: interrupted; checkpoint saved at step {step}: continue with --resume", file=sys.stderr)
+            raise
+        finally:
+            progress.close()
+        if step > self.start or self.resumed_from is None:
+            self.save(cfg.steps)
+        return time.time() - began
+
+
 def train_stage(ctx: Any) -> dict[str, Any]:
     """Train the spec's meta flow map; write ``model.pt`` (EMA weights); return headline numbers.
 
@@ -97,105 +256,36 @@ def train_stage(ctx: Any) -> dict[str, Any]:
     if loss_fn.requires_jvp and not model.backbone.supports_jvp:
         raise MfmUserError(f"backbone {spec.model.backbone.name!r} does not support JVPs, which loss {cfg.loss.name!r} needs")
 
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-    optimizer = make_optimizer(model.parameters(), cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
     data_gen, loss_gen = ctx.generator(DATA_STREAM, device="cpu"), ctx.generator(LOSS_STREAM)
-
-    ckpt_dir = ctx.run_dir / "checkpoints"
-    ckpt_dir.mkdir(exist_ok=True)
-    start = 0
-    last = latest_checkpoint(ckpt_dir)
-    if last is not None:
-        state = load_payload(last, expected_format=CHECKPOINT_FORMAT, map_location=ctx.device)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        data_gen.set_state(state["rng"]["data"])
-        loss_gen.set_state(state["rng"]["loss"])
-        torch.set_rng_state(state["rng"]["torch"])
-        start = int(state["step"])
-        last_loss = float(state.get("last_loss", float("nan")))
-        print(f"mfm: resuming training from {last.name} (step {start})", file=sys.stderr)
-
-    def save(step: int) -> None:
-        path = checkpoint_path(ckpt_dir, step)
-        save_payload(
-            path,
-            {
-                "format": CHECKPOINT_FORMAT,
-                "version": 1,
-                "step": step,
-                "model": model.state_dict(),
-                "ema": ema.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": {"data": data_gen.get_state(), "loss": loss_gen.get_state(), "torch": torch.get_rng_state()},
-                "last_loss": last_loss,
-            },
-        )
-        prune_checkpoints(ckpt_dir, cfg.keep_checkpoints)
-        ctx.plugins.hook.mfm_checkpoint_saved(run=ctx, path=str(path), step=step)
-
+    loop = OptimizationLoop(
+        ctx, model=model, cfg=cfg, directory=ctx.run_dir / "checkpoints", generators={"data": data_gen, "loss": loss_gen},
+        desc="train", record={"stage": "train"}, section="train",
+    )
+    loop.resume()
     batches = data.batches(batch_size=cfg.batch_size, generator=data_gen)
-    progress = _Progress(cfg.steps, start, "train")
-    model.train()
-    began, step = time.time(), start
-    if last is None:
-        last_loss = float("nan")
-    window: dict[str, float] = {}
-    try:
-        for step in range(start + 1, cfg.steps + 1):
-            batch = next(batches)
-            x_1 = batch.x_1.to(ctx.device, ctx.dtype)
-            cond = batch.cond.to(ctx.device) if batch.cond is not None else None
-            t = sample_context_times(x_1.shape[0], q0=cfg.q0, gamma=cfg.gamma, generator=loss_gen, like=x_1)
-            z = torch.randn(x_1.shape, generator=loss_gen, device=x_1.device, dtype=x_1.dtype)
-            # At t = 0 the context carries no information; it is set to 0, the point at which
-            # the unconditional slice v(.; 0, 0) is evaluated after training.
-            x = torch.where(pad_time(t, x_1) == 0, torch.zeros_like(x_1), model.interpolant.interpolate(x_0=z, x_1=x_1, t=t))
-            terms = loss_fn(
-                model,
-                TrainingBatch(x_1=x_1, t=t, x=x, cond=cond, target=target, generator=loss_gen, progress=(step - 1) / cfg.steps),
-            )
-            if not torch.isfinite(terms.total):
-                raise FloatingPointError(f"the loss is {terms.total.item()} at step {step}; lower train.lr or raise train.grad_clip")
-            optimizer.zero_grad(set_to_none=True)
-            terms.total.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            optimizer.step()
-            scheduler.step()
-            ema.update_parameters(model)
 
-            last_loss = float(terms.total.detach())
-            metrics = {"loss": last_loss, "grad_norm": float(grad_norm), **{k: float(v) for k, v in terms.terms.items()}}
-            for key, value in metrics.items():
-                window[key] = window.get(key, 0.0) + value
-            ctx.plugins.hook.mfm_train_step_end(run=ctx, step=step, metrics=metrics)
-            progress.update(step, last_loss)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                count = cfg.log_every if step % cfg.log_every == 0 else (step % cfg.log_every)
-                ctx.log({"stage": "train", "step": step, "lr": scheduler.get_last_lr()[0], **{k: v / count for k, v in window.items()}})
-                window = {}
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != cfg.steps:
-                save(step)
-    except KeyboardInterrupt:
-        if step > start:
-            save(step)
-            print(f"\nmfm: interrupted; checkpoint saved at step {step}: continue with --resume", file=sys.stderr)
-        raise
-    finally:
-        progress.close()
-    if step > start or last is None:
-        save(cfg.steps)
-    ema_model: MetaFlowMap = ema.module
+    def step_fn(step: int) -> tuple[Tensor, dict[str, float]]:
+        batch = next(batches)
+        x_1 = batch.x_1.to(ctx.device, ctx.dtype)
+        cond = batch.cond.to(ctx.device) if batch.cond is not None else None
+        t = sample_context_times(x_1.shape[0], q0=cfg.q0, gamma=cfg.gamma, generator=loss_gen, like=x_1)
+        z = torch.randn(x_1.shape, generator=loss_gen, device=x_1.device, dtype=x_1.dtype)
+        # At t = 0 the context carries no information; it is set to 0, the point at which
+        # the unconditional slice v(.; 0, 0) is evaluated after training.
+        x = torch.where(pad_time(t, x_1) == 0, torch.zeros_like(x_1), model.interpolant.interpolate(x_0=z, x_1=x_1, t=t))
+        terms = loss_fn(
+            model,
+            TrainingBatch(x_1=x_1, t=t, x=x, cond=cond, target=target, generator=loss_gen, progress=(step - 1) / cfg.steps),
+        )
+        return terms.total, {k: float(v) for k, v in terms.terms.items()}
+
+    elapsed = loop.run(step_fn)
+    ema_model: MetaFlowMap = loop.ema.module
     save_flow_map(ctx.run_dir / "model.pt", model=ema_model, model_table=ctx.resolved["model"], step=cfg.steps)
     ctx.model = ema_model.eval().requires_grad_(False)
-    elapsed = time.time() - began
     return {
         "steps": cfg.steps,
-        "final_loss": last_loss,
+        "final_loss": loop.last_loss,
         "parameters": sum(p.numel() for p in model.parameters()),
         "seconds": round(elapsed, 2),
     }
