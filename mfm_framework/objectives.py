@@ -8,6 +8,7 @@ the residual ``student - sg(target)`` of its consistency condition.
 from __future__ import annotations
 
 import abc
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -17,6 +18,10 @@ from torch import Tensor
 
 from mfm_framework.interfaces import ConsistencyLoss, LossTerms, TrainingBatch
 from mfm_framework.interfaces._time import pad_time
+
+# The first forward-mode AD call makes torch load its JVP decompositions, which go through the
+# deprecated ``torch.jit.script`` and warn about torch's own internals; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 __all__ = ["ObjectiveOptions", "FlowMapObjective", "InnerDraw", "adaptive_loss", "gap", "jvp"]
 
