@@ -191,9 +191,17 @@ def _steer_stage(ctx: RunContext) -> dict[str, Any]:
     return steer_stage(ctx)
 
 
+def _finetune_stage(ctx: RunContext) -> dict[str, Any]:
+    from mfm_framework.engine.finetune import finetune_stage
+
+    return finetune_stage(ctx)
+
+
 def _skipped_train_stage(ctx: RunContext) -> dict[str, Any]:
-    print(f"mfm: [train] skipped: steer.model is given ({ctx.spec.steer.model})", file=sys.stderr)
-    return {"skipped": f"steer.model is given ({ctx.spec.steer.model}) and no other stage needs the trained model"}
+    given = ", ".join(f"{name}.model is given ({getattr(ctx.spec, name).model})" for name in ("steer", "finetune")
+                      if getattr(ctx.spec, name) is not None and getattr(ctx.spec, name).model is not None)
+    print(f"mfm: [train] skipped: {given}", file=sys.stderr)
+    return {"skipped": f"{given} and no other stage needs the trained model"}
 
 
 def trains(spec: RunSpec) -> bool:
@@ -202,6 +210,12 @@ def trains(spec: RunSpec) -> bool:
     ``--set steer.model=...``, steers an existing model)."""
     if spec.train is None:
         return False
+    # [finetune] is a consumer like [steer]: train unless every stage that takes a model has its own
+    if spec.finetune is not None:
+        if spec.finetune.model is None:
+            return True
+        if spec.steer is None:
+            return spec.evaluate is not None and spec.evaluate.model is None
     if spec.steer is None or spec.steer.model is None:
         return True
     return spec.evaluate is not None and spec.evaluate.model is None
@@ -216,6 +230,8 @@ def stages_for(spec: RunSpec) -> list[tuple[str, Stage]]:
         stages.append(("evaluate", _evaluate_stage))
     if spec.steer is not None:
         stages.append(("steer", _steer_stage))
+    if spec.finetune is not None:
+        stages.append(("finetune", _finetune_stage))
     return stages
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "unconditional_plot",
     "error_vs_particles_plot",
     "samples_over_density_plot",
+    "curves_plot",
     "DPI",
 ]
 
@@ -362,4 +363,56 @@ def samples_over_density_plot(path: str | Path, sets: Mapping[str, Any], *, cont
         ax.tick_params(labelsize=7)
     for idx in range(n, rows * cols):
         axes[idx // cols, idx % cols].set_axis_off()
+    return _save(fig, path)
+
+def curves_plot(
+    path: str | Path,
+    panels: Sequence[tuple[str, Mapping[str, tuple[Sequence[float], Sequence[float]]], Mapping[str, float]]],
+    *,
+    xlabel: str = "step",
+    log_y: Sequence[bool] = (),
+    title: str = "",
+) -> str:
+    """Curves over training steps, one panel per quantity, side by side.
+
+    Args:
+        path: the PNG file.
+        panels: ``(y label, curves, reference lines)`` per panel: curves label -> (x values, y
+            values), one colour per label (the same in every panel); reference lines label -> y,
+            drawn as dotted horizontal lines (e.g. the noise floor, the untuned model).
+        xlabel: the x axis label.
+        log_y: per panel, a log y axis (non-positive values are left out there).
+        title: figure title.
+
+    Returns:
+        The file name written.
+    """
+    import numpy as np
+
+    path = Path(path)
+    if not panels:
+        raise ValueError("curves_plot needs at least one panel")
+    fig, axes = _figure(1, len(panels), size=(4.6 * len(panels), 3.8))
+    colors = [_MODEL_COLOR, _GLASS_COLOR, "tab:green", "tab:purple", "tab:brown", "tab:pink"]
+    line_styles = [":", "--", "-."]
+    labels = list(dict.fromkeys(label for _, curves, _ in panels for label in curves))
+    color_of = {label: colors[i % len(colors)] for i, label in enumerate(labels)}
+    for j, (ylabel, curves, references) in enumerate(panels):
+        ax = axes[0, j]
+        log = j < len(log_y) and log_y[j]
+        for label, (xs, ys) in curves.items():
+            xs_a, ys_a = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+            ok = np.isfinite(ys_a) & ((ys_a > 0) if log else True)
+            ax.plot(xs_a[ok], ys_a[ok], "o-", ms=3, lw=1.6, color=color_of[label], label=label)
+        for i, (label, y) in enumerate(references.items()):
+            if y is not None and math.isfinite(y) and (y > 0 or not log):
+                ax.axhline(y, color="k", ls=line_styles[i % len(line_styles)], lw=1.0, label=f"{label} ({y:.3g})")
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path)

@@ -262,7 +262,7 @@ def parse_spec(
 def _cross_checks(spec: RunSpec) -> list[tuple[str, str]]:
     """Problems that involve more than one section."""
     problems = []
-    for section in ("train", "evaluate", "steer"):
+    for section in ("train", "evaluate", "steer", "finetune"):
         if getattr(spec, section) is not None and spec.data is None:
             problems.append(("$.data", f"required by [{section}]: which data source? (`mfm ls data-sources`)"))
             break
@@ -274,6 +274,37 @@ def _cross_checks(spec: RunSpec) -> list[tuple[str, str]]:
             problems.append(("$.evaluate.headline", f"{spec.evaluate.headline!r} is not one of the metrics ({', '.join(names) or 'none'})"))
     if spec.steer is not None:
         problems += _steer_checks(spec)
+    if spec.finetune is not None:
+        problems += _finetune_checks(spec)
+    return problems
+
+
+def _finetune_checks(spec: RunSpec) -> list[tuple[str, str]]:
+    """Problems of ``[finetune]``: its model, headline, objectives, times, and a reward that
+    ``"mfm-ft"`` must differentiate."""
+    ft = spec.finetune
+    assert ft is not None
+    problems: list[tuple[str, str]] = []
+    if spec.train is None and ft.model is None:
+        problems.append(("$.finetune.model", "which model? give the path of a model.pt, or add a [train] section"))
+    names = [m.name for m in ft.metrics]
+    if ft.headline not in names:
+        problems.append(("$.finetune.headline", f"{ft.headline!r} is not one of the metrics ({', '.join(names) or 'none'})"))
+    repeated = sorted({o for o in ft.objectives if ft.objectives.count(o) > 1})
+    if repeated:
+        problems.append(("$.finetune.objectives", f"{', '.join(map(repr, repeated))} listed more than once"))
+    if "mfm-ft" in ft.objectives:
+        if ft.t_min == 0 and ft.g_max is None:
+            problems.append(("$.finetune.t_min", "g_t is infinite at t = 0: train from a small t_min > 0 or clamp g_t with g_max"))
+        for i, term in enumerate(ft.rewards):
+            if not getattr(term.reward.component, "is_differentiable", True):
+                problems.append((
+                    f"$.finetune.rewards[{i}].kind",
+                    f"reward {term.reward.name!r} is not differentiable, and objective 'mfm-ft' back-propagates "
+                    "through it (G = grad_x exp r); use objective 'reward-weighted' or a differentiable reward",
+                ))
+    if ft.t_distribution != "power" and ft.t_gamma != 1.0:
+        problems.append(("$.finetune.t_gamma", "t_gamma is only used with t_distribution = 'power'"))
     return problems
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "SteerMethod",
     "SteerDiagnostics",
     "SteerSection",
+    "FinetuneSection",
     "RunSpec",
     "filled",
 ]
@@ -406,6 +407,96 @@ class SteerSection:
 
 
 @attrs.frozen(kw_only=True)
+class FinetuneSection:
+    """``[finetune]``: off-policy reward fine-tuning of the base drift (MATH.md section 7).
+
+    Trains a copy ``b_theta`` of the base drift (the ``t = 0`` slice of the meta flow map: the
+    tuned model starts as a copy of the whole network and only its drift is used) toward the
+    steered drift ``b + g_t grad V_t`` of ``p_1 exp(r) / Z``, once per objective, all from the same
+    start, data and step count. States always come from the data (``x = alpha_t z + beta_t x_1``),
+    never from the model being tuned. Objectives:
+
+    - ``"mfm-ft"``: the MFM-FT fixed-point regression with ``draws`` posterior draws of the frozen
+      meta flow map per state: ``target = b - (R - 1)(b_theta - b) + g_t G`` (all detached),
+      ``R = exp(r(xh) - c)``, ``G = grad_x R`` through the frozen map (averages over the draws);
+    - ``"reward-weighted"``: the baseline, reward-weighted flow matching: self-normalised weights
+      ``softmax(r(x_1))`` over the batch on the regression of ``b_theta(x_t)`` on the conditional
+      velocity ``dalpha_t x_0 + dbeta_t x_1``.
+
+    Each tuned model is sampled with the plain (unsteered) ODE and compared with exact samples of
+    the tilted law (when the data source can tilt and the reward has a closed form), with the
+    noise floor, the base model's own distance and the fraction of the gap closed.
+
+    Attributes:
+        model: a ``model.pt`` to fine-tune; default: the model trained by this run's ``[train]``
+            (when given, ``[train]`` is skipped unless another stage needs the trained model).
+        rewards: the reward terms (``[[finetune.rewards]]``, as ``[[steer.rewards]]``).
+        scale: inverse temperature multiplying the whole reward (the target is ``p_1 exp(scale r)``).
+        objectives: the objectives to train and compare, each from the same start.
+        draws: posterior draws ``N`` per state (``"mfm-ft"``); ``R`` and ``G`` are their means.
+        posterior_steps: inner steps of each posterior draw of the frozen meta flow map.
+        t_distribution: ``"uniform"``: ``t ~ U(t_min, 1)``; ``"power"``:
+            ``t = t_min + (1 - t_min) U^t_gamma`` (``t_gamma > 1`` favours small t).
+        t_gamma: the exponent of ``"power"``.
+        t_min: the smallest time trained (``g_t`` is infinite at 0).
+        g_max: clamp ``g_t`` at this value; default: no clamp.
+        baseline: ``"running"``: ``c`` is a running mean (decay ``baseline_decay``) of the batches'
+            ``log mean exp r(xh)`` from the previous steps, so ``R`` stays near 1 (the fixed point
+            does not depend on ``c``); ``"none"``: ``c = 0``.
+        baseline_decay: the decay of the running baseline.
+        steps, batch_size, optimizer, lr, beta1, beta2, weight_decay, warmup_steps, schedule,
+            grad_clip, ema_decay, log_every, checkpoint_every, keep_checkpoints: as in ``[train]``,
+            per objective.
+        eval_every: steps between quick evaluations of the EMA model (curves in
+            ``metrics.jsonl``; 0: only at the start and the end).
+        eval_samples: samples of each quick evaluation (headline metric and mean reward).
+        samples: samples of the final evaluation (and size of each exact reference set).
+        ode_steps: steps of the unsteered ODE that samples each model.
+        ode_integrator: its integrator.
+        metrics: the distances (``[[finetune.metrics]]`` tables).
+        headline: the metric of the curves, the gap closed and the checks.
+        plots: write PNG plots.
+    """
+
+    model: str | None = None
+    rewards: list[RewardTerm] = attrs.field(validator=attrs.validators.min_len(1))
+    scale: float = attrs.field(default=1.0, validator=[_finite, _pos])
+    objectives: tuple[Literal["mfm-ft", "reward-weighted"], ...] = attrs.field(
+        default=("mfm-ft",), validator=attrs.validators.min_len(1)
+    )
+    draws: int = attrs.field(default=1, validator=_pos)
+    posterior_steps: int = attrs.field(default=1, validator=_pos)
+    t_distribution: Literal["uniform", "power"] = "uniform"
+    t_gamma: float = attrs.field(default=1.0, validator=_pos)
+    t_min: float = attrs.field(default=0.02, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
+    g_max: float | None = attrs.field(default=None, validator=_optional(_pos))
+    baseline: Literal["running", "none"] = "running"
+    baseline_decay: float = attrs.field(default=0.99, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
+    steps: int = attrs.field(default=2000, validator=_pos)
+    batch_size: int = attrs.field(default=512, validator=_pos)
+    optimizer: Literal["adamw", "radam"] = "adamw"
+    lr: float = attrs.field(default=3e-4, validator=_pos)
+    beta1: float = attrs.field(default=0.9, validator=_unit)
+    beta2: float = attrs.field(default=0.999, validator=_unit)
+    weight_decay: float = attrs.field(default=0.0, validator=_nonneg)
+    warmup_steps: int = attrs.field(default=100, validator=_nonneg)
+    schedule: Literal["constant", "cosine"] = "cosine"
+    grad_clip: float = attrs.field(default=1.0, validator=_nonneg)
+    ema_decay: float = attrs.field(default=0.99, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
+    log_every: int = attrs.field(default=100, validator=_pos)
+    checkpoint_every: int = attrs.field(default=500, validator=_nonneg)
+    keep_checkpoints: int = attrs.field(default=2, validator=_pos)
+    eval_every: int = attrs.field(default=250, validator=_nonneg)
+    eval_samples: int = attrs.field(default=1000, validator=attrs.validators.ge(2))
+    samples: int = attrs.field(default=4000, validator=attrs.validators.ge(2))
+    ode_steps: int = attrs.field(default=32, validator=_pos)
+    ode_integrator: IntegratorSpec = filled({"kind": "heun"})
+    metrics: list[MetricSpec] = filled([{"kind": "sw2"}, {"kind": "mmd"}, {"kind": "energy"}])
+    headline: str = "sw2"
+    plots: bool = True
+
+
+@attrs.frozen(kw_only=True)
 class RunSpec:
     """A whole run spec (one TOML file)."""
 
@@ -415,6 +506,7 @@ class RunSpec:
     train: TrainSection | None = None
     evaluate: EvaluateSection | None = None
     steer: SteerSection | None = None
+    finetune: FinetuneSection | None = None
 
     def components(self) -> dict[str, ComponentSpec]:
         """Every component table of the spec by key path (``"model.interpolant"``, ...)."""
