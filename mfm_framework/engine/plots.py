@@ -166,6 +166,7 @@ def distance_vs_nfe_plot(
     per_t: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]] | None = None,
     clip: float | None = None,
     title: str = "",
+    ylabel: str | None = None,
 ) -> str:
     """Excess distance (metric minus noise floor) against NFE on log-log axes.
 
@@ -179,6 +180,7 @@ def distance_vs_nfe_plot(
         clip: excess values below this are drawn at this value (log axes); default: a fraction
             of the floor, or of the smallest positive value.
         title: figure title.
+        ylabel: the y-axis label (default: the metric minus the noise floor, mean over t).
 
     Returns:
         The file name written.
@@ -196,13 +198,14 @@ def distance_vs_nfe_plot(
             clip = min(clip, min(positives) * 0.5)
     fig, axes = _figure(1, 1, size=(5.6, 4.2))
     ax = axes[0, 0]
-    colors = [_MODEL_COLOR, _GLASS_COLOR, "tab:green", "tab:purple", "tab:brown"]
-    for (label, (xs, ys)), color in zip(curves.items(), colors * 4):
+    colors = [_MODEL_COLOR, _GLASS_COLOR, "tab:green", "tab:purple", "tab:brown", "tab:red", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
+    for i, ((label, (xs, ys)), color) in enumerate(zip(curves.items(), colors * 4)):
+        style = "-" if i < len(colors) else "--"
         xs_a, raw = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
         order = np.argsort(xs_a)
         xs_a, raw = xs_a[order], raw[order]
         ys_a = np.clip(raw, clip, None)
-        ax.plot(xs_a, ys_a, color=color, lw=2, label=label)
+        ax.plot(xs_a, ys_a, style, color=color, lw=2, label=label)
         low = raw <= clip
         ax.plot(xs_a[~low], ys_a[~low], "o", color=color)
         ax.plot(xs_a[low], ys_a[low], "o", mfc="white", color=color)
@@ -216,7 +219,7 @@ def distance_vs_nfe_plot(
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("NFE per draw")
-    ax.set_ylabel(f"{metric} minus noise floor (mean over t)")
+    ax.set_ylabel(ylabel if ylabel is not None else f"{metric} minus noise floor (mean over t)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     if title:
@@ -364,6 +367,7 @@ def samples_over_density_plot(path: str | Path, sets: Mapping[str, Any], *, cont
     for idx in range(n, rows * cols):
         axes[idx // cols, idx % cols].set_axis_off()
     return _save(fig, path)
+
 
 def curves_plot(
     path: str | Path,

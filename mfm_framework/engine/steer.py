@@ -19,8 +19,9 @@ at each grid time is kept in the run's flags (``ess_mean``).
 **Measures** of each run's ``samples`` outputs, against one set of exact draws of ``p_r`` of the
 same size:
 
-- every metric, and the noise floor: the same metric between two independent exact sets
-  (``floor``); the *excess* is the headline metric minus the floor's;
+- every metric, and the noise floor: the same metric between independent exact sets and the
+  reference, averaged over ``floor_repeats`` sets (their standard deviation is the floor's
+  spread); the *excess* is the headline metric minus the floor's;
 - the mode-weight error, when the tilted law is a mixture (it has ``means``, ``covariances``
   and ``weights``): the total variation between the tilted weights and the mean exact
   responsibilities of the samples (0 in expectation for exact draws; the floor's is its noise);
@@ -336,9 +337,15 @@ def _checks(cfg: Any, labels: list[str], runs: list[MethodRun], excess: dict[str
         common = sorted({r.steps for r in rows} & {r.steps for r in mine})
         if label == head_label or not common or not (steered(rows) and steered(mine)):
             continue  # "steps" are steering steps only for the steered methods
+        pairs = {k: (excess[_key(best_at(mine, k))], excess[_key(best_at(rows, k))]) for k in common}
         k = common[-1]
-        a, b = excess[_key(best_at(mine, k))], excess[_key(best_at(rows, k))]
-        same[label] = {"steps": k, "excess": [a, b], "ratio": _ratio(a, b) if b > 0 else None}
+        a, b = pairs[k]
+        same[label] = {
+            "steps": k,  # the largest common number of steps
+            "excess": [_num(a), _num(b)],
+            "ratio": _ratio(a, b) if b > 0 else None,
+            "by_steps": {str(s): [_num(x), _num(y)] for s, (x, y) in pairs.items()},
+        }
     checks["excess_ratio_same_steps"] = same
 
     top = max(mine, key=lambda r: r.record["cost"]["nfe"])
@@ -394,7 +401,7 @@ def _write_plots(ctx: Any, summary: dict[str, Any], samples: dict[str, Tensor], 
     written.append(
         plots.distance_vs_nfe_plot(
             ctx.run_dir / "steer_distance_vs_nfe.png", curves, floor=summary["floor"][head], metric=head,
-            title=f"steered samples: {head} to the exact tilted law minus the floor",
+            title=f"steering: {head} to the exact tilted law minus the floor", ylabel=f"{head} minus noise floor",
         )
     )
     diag = summary.get("diagnostics")
@@ -448,7 +455,10 @@ def format_steering(summary: dict[str, Any]) -> str:
     keys = list(summary["floor"])
     lines = [
         f"steer: reward {summary['reward']}; {summary['samples']} samples per run vs as many exact draws of the "
-        f"tilted law ({FLOOR}: exact vs exact); NFE per sample (paper: backward = 2), start included"
+        f"tilted law; NFE per sample (paper: backward = 2), start included",
+        f"  {FLOOR}: exact vs exact, mean of {summary['floor_repeats']} sets (std "
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in summary["floor_spread"].items())
+        + f"); mode TV and rewards of one exact set; excess = {head} minus the floor's",
     ]
     term_labels = list(summary["reward_terms"])
     rows: list[list[Any]] = []
@@ -492,7 +502,11 @@ def format_steering(summary: dict[str, Any]) -> str:
     if checks:
         lines += ["", f"steer: checks against {checks.get('headline_method')!r}"]
         for label, c in checks.get("excess_ratio_same_steps", {}).items():
-            lines.append(f"  {head} excess at K={c['steps']}: {_fmt(c['excess'][0])} vs {label} {_fmt(c['excess'][1])} (ratio {_fmt(c['ratio'])})")
+            others = ", ".join(f"K={k}: {_fmt(a)} vs {_fmt(b)}" for k, (a, b) in c["by_steps"].items() if int(k) != c["steps"])
+            lines.append(
+                f"  {head} excess at K={c['steps']}: {_fmt(c['excess'][0])} vs {label} {_fmt(c['excess'][1])} "
+                f"(ratio {_fmt(c['ratio'])})" + (f"; {others}" if others else "")
+            )
         match = checks.get("nfe_to_match")
         if match:
             for label, c in match["methods"].items():
@@ -549,9 +563,15 @@ def steer_stage(ctx: Any) -> dict[str, Any]:
 
     ref_gen = ctx.generator(_REFERENCE, device="cpu")
     reference = law.sample(n, generator=ref_gen).x_1.to(device=device, dtype=dtype)
-    floor_set = law.sample(n, generator=ref_gen).x_1.to(device=device, dtype=dtype)
     metric_seed = _seeds(ctx.generator(_METRIC, device="cpu"), 1)[0]
-    floor = _compare(metrics, floor_set, reference, metric_seed)
+    floor_sets = [law.sample(n, generator=ref_gen).x_1.to(device=device, dtype=dtype) for _ in range(cfg.floor_repeats)]
+    floors = [_compare(metrics, x, reference, metric_seed) for x in floor_sets]
+    floor = {key: _mean([f[key] for f in floors]) for key, _ in metrics}
+    floor_spread = {
+        key: _num(torch.tensor([f[key] for f in floors], dtype=torch.float64).std()) if len(floors) > 1 else None
+        for key, _ in metrics
+    }
+    floor_set = floor_sets[0]
     mixture = _mixture(law)
     with torch.no_grad():
         floor_reward, floor_terms = _reward_means(reward, floor_set)
@@ -560,7 +580,10 @@ def steer_stage(ctx: Any) -> dict[str, Any]:
         "mean_reward": floor_reward,
         "reward_terms": floor_terms,
     }
-    ctx.log({"stage": "steer", "part": "floor", **{k: _num(v) for k, v in floor.items()}, **floor_record})
+    ctx.log({
+        "stage": "steer", "part": "floor", **{k: _num(v) for k, v in floor.items()},
+        "spread": floor_spread, "repeats": cfg.floor_repeats, **floor_record,
+    })
 
     start_gen = ctx.generator(_START, device=device)
     noise = torch.randn((n, *model.data_shape), generator=start_gen, device=device, dtype=dtype)
@@ -630,6 +653,8 @@ def steer_stage(ctx: Any) -> dict[str, Any]:
         "samples": n,
         "headline_metric": head,
         "floor": {k: _num(v) for k, v in floor.items()},
+        "floor_spread": floor_spread,
+        "floor_repeats": cfg.floor_repeats,
         "floor_record": floor_record,
         "tilted": {
             "mode_weights": [_num(w) for w in mixture[2]] if mixture else None,

@@ -383,6 +383,9 @@ class SteerSection:
         methods: the methods to compare (``[[steer.methods]]``).
         samples: output samples per method and budget (and size of each exact reference set).
         batch_size: samples steered at once (memory only: costs are counted per sample).
+        floor_repeats: independent exact sets whose distances to the reference set are averaged
+            into the noise floor (their standard deviation is reported as its spread: between
+            well-separated modes a distance like SW2 fluctuates with the sampled mode weights).
         metrics: the distances (``[[steer.metrics]]`` tables).
         headline: the metric that the excess over the floor and the checks use.
         headline_method: the label of the method that the checks compare the others with;
@@ -398,6 +401,7 @@ class SteerSection:
     methods: list[SteerMethod] = attrs.field(validator=attrs.validators.min_len(1))
     samples: int = attrs.field(default=2000, validator=attrs.validators.ge(2))
     batch_size: int = attrs.field(default=1000, validator=_pos)
+    floor_repeats: int = attrs.field(default=8, validator=_pos)
     metrics: list[MetricSpec] = filled([{"kind": "sw2"}, {"kind": "mmd"}, {"kind": "energy"}])
     headline: str = "sw2"
     headline_method: str | None = None
