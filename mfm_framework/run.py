@@ -248,6 +248,8 @@ def execute_run(ctx: RunContext) -> dict[str, Any]:
     start = time.time()
     hook = ctx.plugins.hook
     torch.manual_seed(ctx.spec.run.seed)
+    if ctx.spec.run.threads:
+        torch.set_num_threads(ctx.spec.run.threads)
     summary: dict[str, Any] = {"run": ctx.spec.run.name, "status": "running", "stages": ctx.summary}
     try:
         hook.mfm_run_start(run=ctx)

@@ -82,3 +82,24 @@ def test_an_unavailable_device_is_a_user_error_and_writes_nothing(system, write,
 def test_format_summary_rows():
     text = format_summary({"run": "x", "status": "complete", "elapsed_s": 1.5, "stages": {"eval": {"sw2": 0.123456789, "n": 3}}})
     assert text.splitlines() == ["run x: complete in 1.50 s", "  eval.sw2  0.123457", "  eval.n    3"]
+
+
+def test_run_threads_sets_torch_intra_op_threads(use_system, write, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    seen = {}
+
+    class Spy:
+        @hookimpl
+        def mfm_run_start(self, run):
+            seen["threads"] = torch.get_num_threads()
+
+    use_system.register(Spy(), name="threads-spy")
+    try:
+        want = 2 if before == 1 else 1
+        spec = write("t.toml", f'[run]\nname = "t"\nthreads = {want}\n')
+        assert main(["run", str(spec), "--out", str(tmp_path / "t")]) == 0
+        assert seen["threads"] == want
+    finally:
+        torch.set_num_threads(before)

@@ -71,6 +71,7 @@ def test_toml_syntax_error_has_line_and_column(write, system):
         ('[run]\nseed = "3"\n', "$.run.seed", "expected integer, found '3' (str)"),
         ("[run]\nname = 3\n", "$.run.name", "expected string, found 3 (int)"),
         ('[run]\ndtype = "float16"\n', "$.run.dtype", "expected one of 'float32', 'float64', found 'float16'"),
+        ('[run]\nthreads = -1\n', "$.run.threads", "-1"),
         ("run = 3\n", "$.run", "expected a table, found 3 (int)"),
         ('[model.interpolant]\nkind = "linaer"\n', "$.model.interpolant.kind", "did you mean 'linear'"),
         ("[model.interpolant]\nkind = 3\n", "$.model.interpolant.kind", "expected an interpolant name (string)"),
