@@ -238,6 +238,11 @@ def _optional(validator: Any) -> Any:
     return attrs.validators.optional(validator)
 
 
+def _nonempty(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if len(value) == 0:
+        raise ValueError(f"'{attribute.name}' must hold at least one value, got an empty array")
+
+
 def _finite(_: Any, attribute: attrs.Attribute, value: float) -> None:
     if not math.isfinite(value):
         raise ValueError(f"'{attribute.name}' must be a finite number, got {value!r}")
@@ -329,9 +334,9 @@ class SteerMethod:
     baseline: Literal["best-of-n", "sir", "smc", "mfm-search"] | None = None
     estimator: ValueEstimatorSpec | None = None
     integrator: IntegratorSpec = filled({"kind": "euler"})
-    steps: tuple[int, ...] = attrs.field(default=(20,), validator=[_each(_pos), attrs.validators.min_len(1)])
-    particles: tuple[int, ...] | None = attrs.field(default=None, validator=_optional([_each(_pos), attrs.validators.min_len(1)]))
-    draws: tuple[int, ...] | None = attrs.field(default=None, validator=_optional([_each(_pos), attrs.validators.min_len(1)]))
+    steps: tuple[int, ...] = attrs.field(default=(20,), validator=[_each(_pos), _nonempty])
+    particles: tuple[int, ...] | None = attrs.field(default=None, validator=_optional([_each(_pos), _nonempty]))
+    draws: tuple[int, ...] | None = attrs.field(default=None, validator=_optional([_each(_pos), _nonempty]))
     sde: bool = False
     t_min: float = attrs.field(default=0.02, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
     g_max: float | None = attrs.field(default=None, validator=_optional(_pos))
@@ -365,9 +370,9 @@ class SteerDiagnostics:
     reference: ValueEstimatorSpec
     estimators: list[ValueEstimatorSpec] | None = None
     t_grid: tuple[float, ...] = attrs.field(
-        default=(0.1, 0.3, 0.5, 0.7, 0.9), validator=[_each([attrs.validators.gt(0), attrs.validators.lt(1)]), attrs.validators.min_len(1)]
+        default=(0.1, 0.3, 0.5, 0.7, 0.9), validator=[_each([attrs.validators.gt(0), attrs.validators.lt(1)]), _nonempty]
     )
-    particles: tuple[int, ...] = attrs.field(default=(1, 4, 16, 64), validator=[_each(_pos), attrs.validators.min_len(1)])
+    particles: tuple[int, ...] = attrs.field(default=(1, 4, 16, 64), validator=[_each(_pos), _nonempty])
     contexts: int = attrs.field(default=128, validator=_pos)
 
 
@@ -400,8 +405,8 @@ class SteerSection:
     """
 
     model: str | None = None
-    rewards: list[RewardTerm] = attrs.field(validator=attrs.validators.min_len(1))
-    methods: list[SteerMethod] = attrs.field(validator=attrs.validators.min_len(1))
+    rewards: list[RewardTerm] = attrs.field(validator=_nonempty)
+    methods: list[SteerMethod] = attrs.field(validator=_nonempty)
     samples: int = attrs.field(default=2000, validator=attrs.validators.ge(2))
     batch_size: int = attrs.field(default=1000, validator=_pos)
     floor_repeats: int = attrs.field(default=8, validator=_pos)
