@@ -279,7 +279,10 @@ class _Judge:
 def _train_objective(
     ctx: Any, *, objective: str, frozen: Any, table: dict[str, Any], reward: WeightedReward, quick: _Judge, quick_base: dict[str, Any]
 ) -> tuple[Any, dict[str, Any]]:
-    """Fine-tune one copy of the frozen drift with ``objective``; returns the EMA model and its record."""
+    """Fine-tune one copy of the frozen drift with ``objective``; returns the EMA model and its record.
+
+    Every step calls the ``mfm_train_step_end`` hook (steps count from 1 for each objective; the
+    metrics of ``"mfm-ft"`` hold ``mean_R``, of ``"reward-weighted"`` ``ess``)."""
     cfg, data = ctx.spec.finetune, ctx.data
     head = cfg.headline
     tuned = copy.deepcopy(frozen).requires_grad_(True)
@@ -299,8 +302,8 @@ def _train_objective(
     batches = data.batches(batch_size=cfg.batch_size, generator=data_gen)
 
     def quick_eval(step: int) -> None:
-        model = loop.ema.module if step > 0 else frozen
-        m = quick.measure(quick.sample(model), only=head)
+        # step 0: the EMA is still the frozen model, measured once for every objective
+        m = quick.measure(quick.sample(loop.ema.module), only=head) if step > 0 else quick_base["measure"]
         record: dict[str, Any] = {"step": step, "mean_reward": _num(m["mean_reward"]), "to_base": _num(m.get("to_base", math.nan))}
         if "distances" in m:
             d = m["distances"][head]
@@ -343,7 +346,7 @@ def _train_objective(
 
     if not state["curve"]:
         quick_eval(0)
-    elif loop.start % max(cfg.eval_every, 1) == 0 and loop.start and state["curve"][-1]["step"] != loop.start:
+    elif ((cfg.eval_every and loop.start % cfg.eval_every == 0) or loop.start == cfg.steps) and state["curve"][-1]["step"] != loop.start:
         quick_eval(loop.start)  # interrupted between the step and its evaluation
     elapsed = loop.run(step_fn, after_step=after_step)
     ema_model = loop.ema.module.eval().requires_grad_(False)
@@ -487,7 +490,7 @@ def finetune_stage(ctx: Any) -> dict[str, Any]:
     quick = _Judge(ctx, n=cfg.eval_samples, metrics=head_metrics, law=law, reward=reward, stream=_QUICK, like=param)
     quick_floor = _compare(head_metrics[:1], quick.floor_set, quick.reference, quick.metric_seed)[head] if law is not None else math.nan
     base_quick = quick.measure(quick.sample(frozen), only=head)
-    quick_base = {"distance": base_quick["distances"][head] if law is not None else math.nan, "floor": quick_floor}
+    quick_base = {"distance": base_quick["distances"][head] if law is not None else math.nan, "floor": quick_floor, "measure": base_quick}
 
     mixture = None
     if law is not None:
