@@ -345,26 +345,33 @@ def _checks(cfg: Any, labels: list[str], runs: list[MethodRun], excess: dict[str
             "excess": [_num(a), _num(b)],
             "ratio": _ratio(a, b) if b > 0 else None,
             "by_steps": {str(s): [_num(x), _num(y)] for s, (x, y) in pairs.items()},
+            # the headline's excess over the other's at every common number of steps (None where
+            # the other's is not positive: no ratio says "at most half" of that)
+            "ratio_by_steps": {str(s): (_ratio(x, y) if y > 0 else None) for s, (x, y) in pairs.items()},
         }
     checks["excess_ratio_same_steps"] = same
 
-    top = max(mine, key=lambda r: r.record["cost"]["nfe"])
-    target, nfe_top = excess[_key(top)], top.record["cost"]["nfe"]
-    match: dict[str, Any] = {}
-    for label, rows in by_label.items():
-        if label == head_label:
-            continue
-        ordered = sorted(rows, key=lambda r: r.record["cost"]["nfe"])
-        hit = next((r for r in ordered if excess[_key(r)] <= target), None)
-        most = ordered[-1].record["cost"]["nfe"]
-        match[label] = {
-            "reached": hit is not None,
-            # the NFE of the cheapest budget that reaches the target excess, or (not reached) a
-            # lower bound: the largest budget tried
-            "nfe": _num(hit.record["cost"]["nfe"] if hit is not None else most),
-            "nfe_ratio": _ratio(hit.record["cost"]["nfe"] if hit is not None else most, nfe_top),
-        }
-    checks["nfe_to_match"] = {"target_excess": _num(target), "target_nfe": _num(nfe_top), "methods": match}
+    def nfe_to_match(target_run: MethodRun) -> dict[str, Any]:
+        target, nfe_target = excess[_key(target_run)], target_run.record["cost"]["nfe"]
+        match: dict[str, Any] = {}
+        for label, rows in by_label.items():
+            if label == head_label:
+                continue
+            ordered = sorted(rows, key=lambda r: r.record["cost"]["nfe"])
+            hit = next((r for r in ordered if excess[_key(r)] <= target), None)
+            most = ordered[-1].record["cost"]["nfe"]
+            match[label] = {
+                "reached": hit is not None,
+                # the NFE of the cheapest budget that reaches the target excess, or (not reached)
+                # a lower bound: the largest budget tried
+                "nfe": _num(hit.record["cost"]["nfe"] if hit is not None else most),
+                "nfe_ratio": _ratio(hit.record["cost"]["nfe"] if hit is not None else most, nfe_target),
+            }
+        return {"target_excess": _num(target), "target_nfe": _num(nfe_target), "methods": match}
+
+    # against the headline's largest budget, and against each of its budgets
+    checks["nfe_to_match"] = nfe_to_match(max(mine, key=lambda r: r.record["cost"]["nfe"]))
+    checks["nfe_to_match_by_budget"] = {_key(r): nfe_to_match(r) for r in sorted(mine, key=lambda r: r.record["cost"]["nfe"])}
 
     if isinstance(diagnostics, dict):
         first, last = str(diagnostics["particles"][0]), str(diagnostics["particles"][-1])
@@ -502,7 +509,11 @@ def format_steering(summary: dict[str, Any]) -> str:
     if checks:
         lines += ["", f"steer: checks against {checks.get('headline_method')!r}"]
         for label, c in checks.get("excess_ratio_same_steps", {}).items():
-            others = ", ".join(f"K={k}: {_fmt(a)} vs {_fmt(b)}" for k, (a, b) in c["by_steps"].items() if int(k) != c["steps"])
+            ratios = c.get("ratio_by_steps", {})
+            others = ", ".join(
+                f"K={k}: {_fmt(a)} vs {_fmt(b)} (ratio {_fmt(ratios.get(k))})"
+                for k, (a, b) in c["by_steps"].items() if int(k) != c["steps"]
+            )
             lines.append(
                 f"  {head} excess at K={c['steps']}: {_fmt(c['excess'][0])} vs {label} {_fmt(c['excess'][1])} "
                 f"(ratio {_fmt(c['ratio'])})" + (f"; {others}" if others else "")
@@ -512,6 +523,13 @@ def format_steering(summary: dict[str, Any]) -> str:
             for label, c in match["methods"].items():
                 how = "reaches it at" if c["reached"] else "does not reach it up to"
                 lines.append(f"  {label} {how} {_fmt(c['nfe'])} NFE = {_fmt(c['nfe_ratio'])}x the {_fmt(match['target_nfe'])} NFE for excess {_fmt(match['target_excess'])}")
+        by_budget = checks.get("nfe_to_match_by_budget") or {}
+        if len(by_budget) > 1:
+            targets = ", ".join(f"{key}: {_fmt(m['target_excess'])} at {_fmt(m['target_nfe'])}" for key, m in by_budget.items())
+            lines.append(f"  NFE to match each budget ({targets}), as a multiple of its NFE ('>=': not reached up to the largest budget tried):")
+            for label in next(iter(by_budget.values()))["methods"]:
+                ratios = [m["methods"][label] for m in by_budget.values()]
+                lines.append(f"    {label}: " + ", ".join(f"{'' if c['reached'] else '>='}{_fmt(c['nfe_ratio'])}x" for c in ratios))
         for label, c in checks.get("grad_error_drop", {}).items():
             lines.append(f"  grad V error of {label} falls {_fmt(c)}x from the smallest to the largest N")
         for label, c in checks.get("reference_over_floor", {}).items():

@@ -105,9 +105,15 @@ def test_the_example_validates(system):
     loaded = load_spec(REPO / "examples" / "gmm2d_steer.toml", registry=system.registry)
     steer = loaded.spec.steer
     labels = steer_method_labels(steer)
-    assert labels == ["mfm-g", "mfm-gf", "dps", "glass-mc", "exact", "best-of-n", "sir", "smc", "mfm-search"]
+    assert labels == [
+        "mfm-g", "mfm-gf", "dps", "glass-mc", "exact", "exact-clamped",
+        "best-of-n", "sir", "best-of-n-kernel", "sir-kernel", "smc", "mfm-search",
+    ]
     assert steer.headline_method == "mfm-g" and steer.diagnostics.reference.name == "exact"
-    assert [m.baseline for m in steer.methods][5:] == ["best-of-n", "sir", "smc", "mfm-search"]
+    assert [m.baseline for m in steer.methods][6:] == ["best-of-n", "sir", "best-of-n", "sir", "smc", "mfm-search"]
+    # the example steers the model of examples/gmm2d.toml: the same [model] and [train]
+    base = load_spec(REPO / "examples" / "gmm2d.toml", registry=system.registry)
+    assert loaded.resolved["model"] == base.resolved["model"] and loaded.resolved["train"] == base.resolved["train"]
 
 
 def test_steer_model_skips_training_unless_another_stage_needs_it(write, system):
