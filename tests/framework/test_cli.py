@@ -73,8 +73,8 @@ def test_ls(use_system, capsys):
     assert "scale" in out and "float" in out and "1.0" in out
     assert main(["ls"]) == 0
     assert "heun" in capsys.readouterr().out
-    assert main(["ls", "rewards"]) == 0
-    assert "no rewards" in capsys.readouterr().out
+    assert main(["ls", "rewards", "no-such-reward*"]) == 0
+    assert "no rewards matching 'no-such-reward*'" in capsys.readouterr().out
 
 
 def test_ls_unknown_kind_exits_2(use_system, capsys):
