@@ -283,6 +283,11 @@ def test_train_then_steer_end_to_end(trained_run):
     weights = steer["tilted"]["mode_weights"]
     assert len(weights) == 3 and max(weights) < 0.7 and min(weights) > 0.02
     assert steer["checks"]["headline_method"] == "mfm-g" and "unsteered" in steer["checks"]["nfe_to_match"]["methods"]
+    checks = steer["checks"]
+    assert list(checks["nfe_to_match_by_budget"]) == ["mfm-g/K=20/N=16"]
+    assert checks["nfe_to_match_by_budget"]["mfm-g/K=20/N=16"] == checks["nfe_to_match"]
+    dps = checks["excess_ratio_same_steps"]["dps"]
+    assert list(dps["ratio_by_steps"]) == ["20"] and dps["ratio_by_steps"]["20"] == dps["ratio"]
     assert (ctx.run_dir / "model.pt").is_file() and "steer" in ctx.tables
 
 
