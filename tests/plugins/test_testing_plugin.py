@@ -58,7 +58,9 @@ def test_select_components_filters() -> None:
 
     everything = names()
     assert {"interpolant:linear", "interpolant:trigonometric", "integrator:euler", "integrator:heun"} <= set(everything)
-    assert names(only=("linear", "heun")) == ["interpolant:linear", "integrator:heun"]
+    assert names(only=("trigonometric", "heun")) == ["interpolant:trigonometric", "integrator:heun"]
+    # a bare name matches it in every kind ("linear" is an interpolant and a reward)
+    assert names(only=("linear",)) == ["interpolant:linear", "reward:linear"]
     assert names(names={"interpolant:linear", "euler"}) == ["interpolant:linear", "integrator:euler"]
     assert names(only=("linear",), names={"heun"}) == []
     # Distribution names compare after PEP 503 normalisation.
