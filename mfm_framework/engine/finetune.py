@@ -26,6 +26,14 @@ whose expected gradient ``R (b_theta - b) - g_t G`` vanishes where ``E[R](b_thet
 i.e. at ``b_theta = b + g_t grad V_t``. The means over ``N`` draws are unbiased for ``E[R]`` and
 ``grad E[R]``, and the target is linear in them, so the fixed point is the same for every ``N``.
 
+**The estimate of G.** By default (MATH.md) ``G`` is pathwise at every ``t``. Below
+``covariance_until`` it is instead the covariance estimate of the same draws,
+``(beta_t / alpha_t^2) sum_i R_i (xh_i - mean_j xh_j) / (N - 1)``, also unbiased for
+``grad E[R]`` (``grad_x E[R | x_t = x] = (beta_t / alpha_t^2) Cov(x_1, R | x)``). It uses the
+distribution of the draws but not the derivative of the map in ``x``, which is poorly determined
+at small ``t`` (the posterior barely depends on ``x`` there) and which ``g_t ~ 1/t`` amplifies;
+above the switch, where ``beta_t / alpha_t^2`` blows up, the pathwise gradient is the better one.
+
 **The baseline c.** Shifting ``r`` by a constant rescales ``R`` and ``G`` together and leaves the
 fixed point unchanged, but the size of the steps scales with ``R``. With ``baseline =
 "running"``, ``c`` is a running mean (decay ``baseline_decay``) of ``log mean exp r(xh)`` over the
@@ -146,6 +154,7 @@ def mfm_ft_target(
     g_max: float | None = None,
     generator: torch.Generator | None = None,
     eps: Tensor | None = None,
+    covariance_until: float = 0.0,
 ) -> FinetuneTarget:
     """The MFM-FT target ``b - (R - 1)(b_theta - b) + g_t G`` (MATH.md section 7), detached.
 
@@ -163,10 +172,16 @@ def mfm_ft_target(
         g_max: clamp of ``g_t``.
         generator: for the draws' noise.
         eps: the draws' noise ``[B, N, *D]`` instead.
+        covariance_until: where ``t < covariance_until``, ``G`` is the covariance estimate
+            ``(beta_t / alpha_t^2) sum_i R_i (xh_i - mean_j xh_j) / (N - 1)`` of the same draws,
+            unbiased for ``grad E[R]`` by ``grad_x E[R | x_t = x] = (beta_t / alpha_t^2)
+            Cov(x_1, R | x)`` (needs ``N >= 2``; no derivative of the map or the reward), instead
+            of the pathwise gradient. 0 (the default): pathwise everywhere, as in MATH.md.
 
     Returns:
-        :class:`FinetuneTarget`. Cost: ``B N K`` MFM rows forward and backward, ``B N`` reward
-        calls forward and backward, ``B`` base rows forward.
+        :class:`FinetuneTarget`. Cost: ``B N K`` MFM rows forward and backward (no backward
+        when every ``t`` is below ``covariance_until``), ``B N`` reward calls forward and
+        backward, ``B`` base rows forward.
     """
     batch, shape = x.shape[0], x.shape[1:]
     with torch.no_grad():
@@ -177,10 +192,23 @@ def mfm_ft_target(
         r = reward(xh.reshape(batch * draws, *shape)).reshape(batch, draws)
         lme = float(torch.logsumexp(r.detach().reshape(-1), 0)) - math.log(batch * draws)
         c = lme if baseline is None else baseline
-        weight = torch.exp(r - c).mean(1)
-        (grad,) = torch.autograd.grad(weight.sum(), x_in)
+        each = torch.exp(r - c)
+        weight = each.mean(1)
+        if covariance_until <= 0 or bool((t >= covariance_until).any()):
+            (grad,) = torch.autograd.grad(weight.sum(), x_in)
+        else:
+            grad = torch.zeros_like(x)
     weight, grad = weight.detach(), grad.detach()
-    g = frozen.interpolant.steering_coefficient(t, max=g_max)
+    interp = frozen.interpolant
+    if covariance_until > 0:
+        if draws < 2:
+            raise ValueError(f"the covariance estimate of G needs draws >= 2, got {draws}")
+        xs, each = xh.detach(), each.detach().reshape(batch, draws, *([1] * len(shape)))
+        cov = (each * (xs - xs.mean(1, keepdim=True))).sum(1) / (draws - 1)
+        below = t < covariance_until
+        snr_weight = torch.where(below, interp.beta(t) / interp.alpha(t).square(), torch.zeros_like(t))
+        grad = torch.where(below.reshape(batch, *([1] * len(shape))), pad_time(snr_weight, x) * cov, grad)
+    g = interp.steering_coefficient(t, max=g_max)
     target = base - pad_time(weight - 1, x) * (tuned_drift.detach() - base) + pad_time(g, x) * grad
     return FinetuneTarget(target=target, base=base, weight=weight, grad=grad, g=g, rewards=r.detach(), log_mean_exp=lme)
 
@@ -329,7 +357,7 @@ def _train_objective(
         pred = tuned.drift(t=t, x=x)
         parts = mfm_ft_target(
             frozen=frozen, reward=reward, t=t, x=x, tuned_drift=pred, draws=cfg.draws, posterior_steps=cfg.posterior_steps,
-            baseline=state["baseline"], g_max=cfg.g_max, generator=loss_gen,
+            baseline=state["baseline"], g_max=cfg.g_max, generator=loss_gen, covariance_until=cfg.covariance_until,
         )
         if cfg.baseline == "running":
             previous = state["baseline"]
@@ -472,8 +500,8 @@ def finetune_stage(ctx: Any) -> dict[str, Any]:
     frozen, table = _frozen_model(ctx)
     param = next(frozen.parameters())
     reward = build_reward(cfg)
-    if "mfm-ft" in cfg.objectives and not reward.is_differentiable:
-        raise MfmUserError("finetune: objective 'mfm-ft' needs a differentiable reward")
+    if "mfm-ft" in cfg.objectives and not reward.is_differentiable and cfg.covariance_until < 1:
+        raise MfmUserError("finetune: objective 'mfm-ft' needs a differentiable reward (or covariance_until = 1)")
     metrics = _metrics(cfg)
     head = cfg.headline
     if head not in {k for k, _ in metrics}:

@@ -296,8 +296,10 @@ def _finetune_checks(spec: RunSpec) -> list[tuple[str, str]]:
     if "mfm-ft" in ft.objectives:
         if ft.t_min == 0 and ft.g_max is None:
             problems.append(("$.finetune.t_min", "g_t is infinite at t = 0: train from a small t_min > 0 or clamp g_t with g_max"))
+        if ft.covariance_until > 0 and ft.draws < 2:
+            problems.append(("$.finetune.draws", "covariance_until > 0 estimates G from the spread of the draws: it needs draws >= 2"))
         for i, term in enumerate(ft.rewards):
-            if not getattr(term.reward.component, "is_differentiable", True):
+            if ft.covariance_until < 1 and not getattr(term.reward.component, "is_differentiable", True):
                 problems.append((
                     f"$.finetune.rewards[{i}].kind",
                     f"reward {term.reward.name!r} is not differentiable, and objective 'mfm-ft' back-propagates "

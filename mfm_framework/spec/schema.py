@@ -452,6 +452,11 @@ class FinetuneSection:
         t_gamma: the exponent of ``"power"``.
         t_min: the smallest time trained (``g_t`` is infinite at 0).
         g_max: clamp ``g_t`` at this value; default: no clamp.
+        covariance_until: below this time, ``G`` is the covariance estimate of the draws,
+            ``(beta_t / alpha_t^2) sum_i R_i (xh_i - mean xh) / (N - 1)`` (unbiased too, by
+            ``grad E[R | x] = (beta_t / alpha_t^2) Cov(x_1, R | x)``; needs ``draws >= 2``), not
+            the pathwise gradient: it avoids the derivative of the map in ``x``, poorly learnt
+            at small t where ``g_t`` amplifies it; 0 (default): pathwise everywhere (MATH.md).
         baseline: ``"running"``: ``c`` is a running mean (decay ``baseline_decay``) of the batches'
             ``log mean exp r(xh)`` from the previous steps, so ``R`` stays near 1 (the fixed point
             does not depend on ``c``); ``"none"``: ``c = 0``.
@@ -482,6 +487,7 @@ class FinetuneSection:
     t_gamma: float = attrs.field(default=1.0, validator=_pos)
     t_min: float = attrs.field(default=0.02, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
     g_max: float | None = attrs.field(default=None, validator=_optional(_pos))
+    covariance_until: float = attrs.field(default=0.0, validator=_unit)
     baseline: Literal["running", "none"] = "running"
     baseline_decay: float = attrs.field(default=0.99, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
     steps: int = attrs.field(default=2000, validator=_pos)

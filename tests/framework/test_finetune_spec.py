@@ -98,6 +98,8 @@ def test_overrides_reach_the_section(write, system):
         ("t_gamma = 2.0", "$.finetune.t_gamma", "power"),
         ('baseline = "mean"', "$.finetune.baseline", ""),
         ("stepz = 3", "$.finetune.stepz", ""),
+        ("covariance_until = 0.5", "$.finetune.draws", "draws >= 2"),
+        ("covariance_until = 1.5", "$.finetune.covariance_until", ""),
     ],
 )
 def test_each_problem_names_its_key_path(write, system, extra, path, needle):
@@ -134,6 +136,9 @@ def test_mfm_ft_needs_a_differentiable_reward(write, system):
     assert "not differentiable" in found["$.finetune.rewards[1].kind"]
     ok = text.replace('["mfm-ft", "reward-weighted"]', '["reward-weighted"]')
     load_spec(write("ok.toml", ok), registry=system.registry)
+    # with the covariance estimate of G at every t, mfm-ft never differentiates the reward
+    everywhere = text.replace("[[finetune.rewards]]", "covariance_until = 1.0\ndraws = 2\n\n[[finetune.rewards]]", 1)
+    load_spec(write("ok2.toml", everywhere), registry=system.registry)
 
 
 def test_stages_and_when_train_runs(write, system):

@@ -87,12 +87,13 @@ def gaussian_setup():
     return model, reward
 
 
-@pytest.mark.parametrize(("baseline", "draws"), [(0.0, 1), (1.5, 1), (0.0, 3)])
-def test_the_targets_conditional_mean_is_the_steered_drift(gaussian_setup, baseline, draws):
+@pytest.mark.parametrize(("baseline", "draws", "covariance_until"), [(0.0, 1, 0.0), (1.5, 1, 0.0), (0.0, 3, 0.0), (0.0, 3, 0.5)])
+def test_the_targets_conditional_mean_is_the_steered_drift(gaussian_setup, baseline, draws, covariance_until):
     """At ``b_theta = b + g grad V`` the mean target is ``b + g grad V`` (so it is the fixed point);
     at another ``b_theta`` it is ``b - (E[R] - 1)(b_theta - b) + g E[R] grad V`` with
     ``E[R] = exp(V - c)``; a flipped sign, a missing (R - 1) term or R for (R - 1) are rejected.
-    With ``N`` draws per state the same holds (R and G are means over the draws)."""
+    With ``N`` draws per state the same holds (R and G are means over the draws), and with the
+    covariance estimate of ``G`` below ``covariance_until`` (here at t = 0.15 and 0.4)."""
     model, reward = gaussian_setup
     t, x = _contexts()
     interp = model.interpolant
@@ -113,7 +114,7 @@ def test_the_targets_conditional_mean_is_the_steered_drift(gaussian_setup, basel
         def parts(tt: Tensor, xx: Tensor) -> Tensor:
             p = mfm_ft_target(
                 frozen=model, reward=reward, t=tt, x=xx, tuned_drift=tuned.repeat_interleave(reps, dim=0),
-                baseline=baseline, generator=gen, draws=draws,
+                baseline=baseline, generator=gen, draws=draws, covariance_until=covariance_until,
             )
             seen.update(b=p.base, R=p.weight[:, None], G=p.grad, g=p.g[:, None], theta=tuned.repeat_interleave(reps, dim=0))
             return p.target
@@ -458,12 +459,13 @@ def test_a_short_variant_of_the_example(fresh_system, tmp_path):
     assert summary["train"]["steps"] == 1500
     # A base trained this briefly has poor posteriors (the MFM-FT target relies on them), so the
     # bounds are loose; the tight ones are on the exact meta flow map above (which also reject a
-    # missing (R - 1) term, invisible here). A flipped sign of g_t G fails them (checked: gap
-    # -0.22, the mean reward moves away from the tilted one).
+    # missing (R - 1) term, invisible here). Measured: mfm-ft closes 0.31 of the gap and moves
+    # the mean reward 0.66 of the way, reward-weighted 1.0 and 0.98; a flipped sign of g_t G
+    # gives -0.49 and -2.4.
     gaps = ft["checks"]["gap_closed"]
-    assert gaps["mfm-ft"] >= 0.1 and gaps["reward-weighted"] >= 0.6, gaps
+    assert gaps["mfm-ft"] >= 0.2 and gaps["reward-weighted"] >= 0.7, gaps
     base_r, tilted_r = ft["base"]["mean_reward"], ft["tilted"]["mean_reward"]
-    for objective, fraction in (("mfm-ft", 0.2), ("reward-weighted", 0.8)):
+    for objective, fraction in (("mfm-ft", 0.4), ("reward-weighted", 0.8)):
         moved = (ft["tuned"][objective]["mean_reward"] - base_r) / (tilted_r - base_r)
         assert moved >= fraction, (objective, moved)
     assert ft["tuned"]["mfm-ft"]["distances"]["sw2"] < ft["base"]["distances"]["sw2"]
