@@ -29,6 +29,7 @@ __all__ = [
     "MetricSpec",
     "RunSection",
     "ModelSection",
+    "OptimizationSettings",
     "TrainSection",
     "EvaluateSection",
     "RewardTerm",
@@ -144,8 +145,8 @@ _unit = [attrs.validators.ge(0), attrs.validators.le(1)]
 
 
 @attrs.frozen(kw_only=True)
-class TrainSection:
-    """``[train]``: training a meta flow map (MATH.md section 4).
+class OptimizationSettings:
+    """The optimisation settings shared by ``[train]`` and ``[finetune]``.
 
     Attributes:
         steps: optimizer steps.
@@ -158,13 +159,9 @@ class TrainSection:
         schedule: after warm-up, ``"constant"`` or ``"cosine"`` decay to 0.
         grad_clip: maximum gradient norm (0: no clipping).
         ema_decay: decay of the EMA of the weights used for sampling and evaluation.
-        q0: probability of the context time ``t = 0`` exactly (paper: 0.1).
-        gamma: other context times are ``U^gamma`` (paper: 2 on ImageNet).
         log_every: steps between records in ``metrics.jsonl``.
-        checkpoint_every: steps between training checkpoints (0: only the last).
+        checkpoint_every: steps between checkpoints (0: only the last).
         keep_checkpoints: how many recent checkpoints to keep.
-        loss: the consistency loss (``[train.loss]``).
-        target: the diagonal target (``[train.target]``).
     """
 
     steps: int = attrs.field(default=10_000, validator=_pos)
@@ -178,11 +175,27 @@ class TrainSection:
     schedule: Literal["constant", "cosine"] = "cosine"
     grad_clip: float = attrs.field(default=1.0, validator=_nonneg)
     ema_decay: float = attrs.field(default=0.999, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
-    q0: float = attrs.field(default=0.1, validator=_unit)
-    gamma: float = attrs.field(default=1.0, validator=_pos)
     log_every: int = attrs.field(default=100, validator=_pos)
     checkpoint_every: int = attrs.field(default=1000, validator=_nonneg)
     keep_checkpoints: int = attrs.field(default=2, validator=_pos)
+
+
+@attrs.frozen(kw_only=True)
+class TrainSection(OptimizationSettings):
+    """``[train]``: training a meta flow map (MATH.md section 4).
+
+    Attributes:
+        steps, batch_size, optimizer, lr, beta1, beta2, weight_decay, warmup_steps, schedule,
+            grad_clip, ema_decay, log_every, checkpoint_every, keep_checkpoints: see
+            :class:`OptimizationSettings`.
+        q0: probability of the context time ``t = 0`` exactly (paper: 0.1).
+        gamma: other context times are ``U^gamma`` (paper: 2 on ImageNet).
+        loss: the consistency loss (``[train.loss]``).
+        target: the diagonal target (``[train.target]``).
+    """
+
+    q0: float = attrs.field(default=0.1, validator=_unit)
+    gamma: float = attrs.field(default=1.0, validator=_pos)
     loss: ConsistencyLossSpec = filled({"kind": "eulerian"})
     target: DiagonalTargetSpec = filled({"kind": "data"})
 
@@ -419,7 +432,7 @@ class SteerSection:
 
 
 @attrs.frozen(kw_only=True)
-class FinetuneSection:
+class FinetuneSection(OptimizationSettings):
     """``[finetune]``: off-policy reward fine-tuning of the base drift (MATH.md section 7).
 
     Trains a copy ``b_theta`` of the base drift (the ``t = 0`` slice of the meta flow map: the
@@ -462,8 +475,9 @@ class FinetuneSection:
             does not depend on ``c``); ``"none"``: ``c = 0``.
         baseline_decay: the decay of the running baseline.
         steps, batch_size, optimizer, lr, beta1, beta2, weight_decay, warmup_steps, schedule,
-            grad_clip, ema_decay, log_every, checkpoint_every, keep_checkpoints: as in ``[train]``,
-            per objective.
+            grad_clip, ema_decay, log_every, checkpoint_every, keep_checkpoints: see
+            :class:`OptimizationSettings` (per objective; defaults: 2000 steps, ``lr`` 3e-4,
+            100 warm-up steps, EMA decay 0.99, a checkpoint every 500 steps).
         eval_every: steps between quick evaluations of the EMA model (curves in
             ``metrics.jsonl``; 0: only at the start and the end).
         eval_samples: samples of each quick evaluation (headline metric and mean reward).
@@ -490,20 +504,12 @@ class FinetuneSection:
     covariance_until: float = attrs.field(default=0.0, validator=_unit)
     baseline: Literal["running", "none"] = "running"
     baseline_decay: float = attrs.field(default=0.99, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
+    # OptimizationSettings with fine-tuning's own defaults
     steps: int = attrs.field(default=2000, validator=_pos)
-    batch_size: int = attrs.field(default=512, validator=_pos)
-    optimizer: Literal["adamw", "radam"] = "adamw"
     lr: float = attrs.field(default=3e-4, validator=_pos)
-    beta1: float = attrs.field(default=0.9, validator=_unit)
-    beta2: float = attrs.field(default=0.999, validator=_unit)
-    weight_decay: float = attrs.field(default=0.0, validator=_nonneg)
     warmup_steps: int = attrs.field(default=100, validator=_nonneg)
-    schedule: Literal["constant", "cosine"] = "cosine"
-    grad_clip: float = attrs.field(default=1.0, validator=_nonneg)
     ema_decay: float = attrs.field(default=0.99, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
-    log_every: int = attrs.field(default=100, validator=_pos)
     checkpoint_every: int = attrs.field(default=500, validator=_nonneg)
-    keep_checkpoints: int = attrs.field(default=2, validator=_pos)
     eval_every: int = attrs.field(default=250, validator=_nonneg)
     eval_samples: int = attrs.field(default=1000, validator=attrs.validators.ge(2))
     samples: int = attrs.field(default=4000, validator=attrs.validators.ge(2))
