@@ -3,13 +3,11 @@ where its stage and ``[train]`` run."""
 
 from __future__ import annotations
 
-import attrs
 import pytest
 
-from mfm_framework import hookimpl
-from mfm_framework.interfaces import Reward
 from mfm_framework.run import stages_for, trains
-from mfm_framework.spec import SpecError, dump_spec, load_spec
+from mfm_framework.spec import dump_spec, load_spec
+from tests.framework.spec_helpers import BLACK_BOX, problems, register_black_box
 
 BASE = """
 [run]
@@ -29,36 +27,6 @@ kind = "gaussian-likelihood"
 sigma = 0.3
 weight = 2.0
 """
-
-
-@attrs.frozen(kw_only=True)
-class BlackBoxOptions:
-    """Options of the test reward."""
-
-    scale: float = 1.0
-
-
-class BlackBox(Reward):
-    """A reward declared non-differentiable."""
-
-    name = "test-black-box-ft"
-    Options = BlackBoxOptions
-    is_differentiable = False
-
-    def __call__(self, x_1, *, cond=None):
-        return -x_1.square().sum(1)
-
-
-class BlackBoxPlugin:
-    @hookimpl
-    def mfm_rewards(self):
-        return [BlackBox]
-
-
-def problems(path, system, overrides=()):
-    with pytest.raises(SpecError) as info:
-        load_spec(path, registry=system.registry, overrides=overrides)
-    return {p.path: p.message for p in info.value.problems}
 
 
 def test_defaults_are_explicit_and_the_resolved_spec_round_trips(write, system):
@@ -130,8 +98,8 @@ def test_the_section_needs_rewards_data_and_a_model(write, system):
 
 
 def test_mfm_ft_needs_a_differentiable_reward(write, system):
-    system.register(BlackBoxPlugin(), name="black-box", distribution="test-dist", version="1")
-    text = BASE + '\n[[finetune.rewards]]\nkind = "test-black-box-ft"\n'
+    register_black_box(system)
+    text = BASE + f'\n[[finetune.rewards]]\nkind = "{BLACK_BOX}"\n'
     found = problems(write("bad.toml", text), system)
     assert "not differentiable" in found["$.finetune.rewards[1].kind"]
     ok = text.replace('["mfm-ft", "reward-weighted"]', '["reward-weighted"]')

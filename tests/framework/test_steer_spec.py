@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import attrs
 import pytest
 
-from mfm_framework import hookimpl
-from mfm_framework.interfaces import Reward
 from mfm_framework.run import stages_for, trains
-from mfm_framework.spec import SpecError, dump_spec, load_spec
+from mfm_framework.spec import dump_spec, load_spec
 from mfm_framework.spec.loader import steer_method_labels
+from tests.framework.spec_helpers import BLACK_BOX, problems, register_black_box
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,40 +43,9 @@ particles = [4, 16]
 """
 
 
-@attrs.frozen(kw_only=True)
-class BlackBoxOptions:
-    """Options of the test reward."""
-
-    scale: float = 1.0
-
-
-class BlackBox(Reward):
-    """A reward declared non-differentiable."""
-
-    name = "test-black-box-steer"
-    Options = BlackBoxOptions
-    is_differentiable = False
-
-    def __call__(self, x_1, *, cond=None):
-        return -x_1.square().sum(1)
-
-
-class BlackBoxPlugin:
-    @hookimpl
-    def mfm_rewards(self):
-        return [BlackBox]
-
-
 @pytest.fixture
 def box(system):
-    system.register(BlackBoxPlugin(), name="steer-black-box")
-    return system
-
-
-def problems(path, system, overrides=()):
-    with pytest.raises(SpecError) as info:
-        load_spec(path, registry=system.registry, overrides=overrides)
-    return {p.path: p.message for p in info.value.problems}
+    return register_black_box(system)
 
 
 def test_the_section_is_structured_and_round_trips(write, system):
@@ -142,7 +109,7 @@ def test_reward_options_are_checked_at_the_reward_tables_own_level(write, system
 
 
 def test_a_non_differentiable_reward_with_a_gradient_estimator_is_a_validation_error(write, box):
-    spec = BASE + '\n[[steer.rewards]]\nkind = "test-black-box-steer"\n'
+    spec = BASE + f'\n[[steer.rewards]]\nkind = "{BLACK_BOX}"\n'
     found = problems(write("st.toml", spec), box)
     assert list(found) == ["$.steer.methods[0].estimator.kind"]
     assert "not differentiable" in found["$.steer.methods[0].estimator.kind"] and "'mfm-g'" in found["$.steer.methods[0].estimator.kind"]
