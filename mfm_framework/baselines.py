@@ -369,7 +369,9 @@ class _BaseDynamics(ValueEstimator):
         return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
 
 
-def _check_times(times: Tensor, *, first: str, last: str) -> Tensor:
+def _check_times(times: Tensor, *, first: str, like: Tensor) -> Tensor:
+    """Validate a grid that starts at 0 (``first="zero"``) or in (0, 1) (``"positive"``) and ends
+    at 1; return it on ``like``'s device and dtype."""
     times = torch.as_tensor(times)
     if times.ndim != 1 or times.numel() < 2:
         raise ValueError(f"the time grid must be 1-D with at least 2 points, got shape {tuple(times.shape)}")
@@ -381,9 +383,9 @@ def _check_times(times: Tensor, *, first: str, last: str) -> Tensor:
         raise ValueError(
             f"the grid must start at a t_min in (0, 1), got {float(times[0])} (the base SDE's g_t is infinite at t = 0)"
         )
-    if last == "one" and float(times[-1]) != 1:
+    if float(times[-1]) != 1:
         raise ValueError(f"the grid must end at t = 1, got {float(times[-1])}")
-    return times
+    return times.to(device=like.device, dtype=like.dtype)
 
 
 def smc(
@@ -458,10 +460,9 @@ def smc(
             "particles along the base SDE (resampled copies must diverge): choose a stochastic integrator"
         )
     _check_cond(context, n)
-    times = _check_times(times, first="positive", last="one")
     model = context.model
     like = _like(model)
-    times = times.to(device=like.device, dtype=like.dtype)
+    times = _check_times(times, first="positive", like=like)
     shape = tuple(model.data_shape)
     total, steps = n * p, times.numel() - 1
     if x is not None and tuple(x.shape) != (total, *shape):
@@ -576,10 +577,9 @@ def mfm_search(
     _positive("draws", draws)
     _positive("posterior_steps", posterior_steps)
     _check_cond(context, n)
-    times = _check_times(times, first="zero", last="one")
     model = context.model
     like = _like(model)
-    times = times.to(device=like.device, dtype=like.dtype)
+    times = _check_times(times, first="zero", like=like)
     shape = tuple(model.data_shape)
     chains, steps = n * m, times.numel() - 1
     cond = _repeat(context.cond, m)
