@@ -364,7 +364,7 @@ def _write_plots(ctx: Any, summary: dict[str, Any], panels: Any, unconditional: 
             if m != "data":
                 ratio = unc["over_floor"][m]
                 titles[m] = f"{m}: {head} {unc['distances'][m][head]:.3g}" + (f" ({ratio:.2g}x floor)" if ratio is not None else "")
-        written.append(plots.unconditional_plot(ctx.run_dir / "unconditional.png", unconditional, titles=titles))
+        written.append(plots.samples_over_density_plot(ctx.run_dir / "unconditional.png", unconditional, titles=titles))
     return written
 
 

@@ -19,7 +19,6 @@ __all__ = [
     "PosteriorPanel",
     "posterior_plot",
     "distance_vs_nfe_plot",
-    "unconditional_plot",
     "error_vs_particles_plot",
     "samples_over_density_plot",
     "curves_plot",
@@ -227,50 +226,6 @@ def distance_vs_nfe_plot(
     return _save(fig, path)
 
 
-def unconditional_plot(path: str | Path, sets: Mapping[str, Any], *, titles: Mapping[str, str] | None = None) -> str:
-    """Scatter (first two coordinates) or histograms (1-D) of unconditional sample sets side by side.
-
-    Args:
-        path: the PNG file.
-        sets: label -> samples ``[N, d]``; the first is taken as the data and shown in gray.
-        titles: optional label -> panel title.
-
-    Returns:
-        The file name written.
-    """
-    import numpy as np
-
-    path = Path(path)
-    if not sets:
-        raise ValueError("unconditional_plot needs at least one sample set")
-    arrays = {k: _array(v).reshape(len(v), -1) for k, v in sets.items()}
-    n = len(arrays)
-    cols = min(n, 4)
-    rows = math.ceil(n / cols)
-    fig, axes = _figure(rows, cols, size=(3.2 * cols, 3.1 * rows))
-    first = next(iter(arrays.values()))
-    lo = np.quantile(first, 0.001, axis=0)
-    hi = np.quantile(first, 0.999, axis=0)
-    pad = 0.15 * (hi - lo + 1e-12)
-    lo, hi = lo - pad, hi + pad
-    for idx, (label, x) in enumerate(arrays.items()):
-        ax = axes[idx // cols, idx % cols]
-        color = _EXACT_COLOR if idx == 0 else _MODEL_COLOR
-        if x.shape[1] == 1:
-            ax.hist(x[:, 0], bins=np.linspace(lo[0], hi[0], 60), density=True, color=color, alpha=0.7)
-            ax.set_xlim(lo[0], hi[0])
-        else:
-            ax.scatter(x[:, 0], x[:, 1], s=3, lw=0, alpha=_scatter_alpha(len(x)), color=color)
-            ax.set_xlim(lo[0], hi[0])
-            ax.set_ylim(lo[1], hi[1])
-            ax.set_aspect("equal", adjustable="box")
-        ax.set_title((titles or {}).get(label, label), fontsize=9)
-        ax.tick_params(labelsize=7)
-    for idx in range(n, rows * cols):
-        axes[idx // cols, idx % cols].set_axis_off()
-    return _save(fig, path)
-
-
 def error_vs_particles_plot(
     path: str | Path, lines: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str = ""
 ) -> str:
@@ -316,7 +271,9 @@ def error_vs_particles_plot(
     return _save(fig, path)
 
 
-def samples_over_density_plot(path: str | Path, sets: Mapping[str, Any], *, contour: Any = None) -> str:
+def samples_over_density_plot(
+    path: str | Path, sets: Mapping[str, Any], *, contour: Any = None, titles: Mapping[str, str] | None = None
+) -> str:
     """Scatter plots of sample sets (first two coordinates), side by side, over a density's contours.
 
     Args:
@@ -324,6 +281,9 @@ def samples_over_density_plot(path: str | Path, sets: Mapping[str, Any], *, cont
         sets: label -> samples ``[N, d]``; the first is the reference (drawn in gray).
         contour: ``(X, Y, log_density)`` on a grid, drawn as the 1, 2 and 3 sigma lines of every
             panel (and setting the axes' limits), or ``None``.
+        titles: optional label -> panel title.
+
+    1-D samples are shown as histograms.
 
     Returns:
         The file name written.
@@ -344,7 +304,7 @@ def samples_over_density_plot(path: str | Path, sets: Mapping[str, Any], *, cont
         lo, hi = [grid[0].min(), grid[1].min()], [grid[0].max(), grid[1].max()]
     else:
         lo, hi = np.quantile(first, 0.001, axis=0), np.quantile(first, 0.999, axis=0)
-        pad = 0.3 * (hi - lo + 1e-12)
+        pad = 0.15 * (hi - lo + 1e-12)
         lo, hi = lo - pad, hi + pad
     for idx, (label, x) in enumerate(arrays.items()):
         ax = axes[idx // cols, idx % cols]
@@ -361,8 +321,9 @@ def samples_over_density_plot(path: str | Path, sets: Mapping[str, Any], *, cont
             ax.set_ylim(lo[1], hi[1])
             ax.set_aspect("equal", adjustable="box")
         else:
-            ax.hist(x[:, 0], bins=60, density=True, color=color, alpha=0.7)
-        ax.set_title(label, fontsize=9)
+            ax.hist(x[:, 0], bins=np.linspace(lo[0], hi[0], 60), density=True, color=color, alpha=0.7)
+            ax.set_xlim(lo[0], hi[0])
+        ax.set_title((titles or {}).get(label, label), fontsize=9)
         ax.tick_params(labelsize=7)
     for idx in range(n, rows * cols):
         axes[idx // cols, idx % cols].set_axis_off()
