@@ -1,7 +1,7 @@
 """A short CI variant of ``examples/gmm2d.toml``: the same spec with a smaller budget.
 
 The full example (an MLP 256 x 4, 6000 steps of 512) is what the README runs; here an MLP 128 x 3,
-3000 steps of 256 and smaller evaluation sets take about 30 s on a 2-core CPU, with bounds that a
+3000 steps of 256 and smaller evaluation sets take about 20 s on a 2-core CPU, with bounds that a
 broken objective, sampler or evaluation would fail: the one-step MFM posterior beats one GLASS
 step by far and stays near 8 GLASS steps, and the one-step unconditional samples find the three
 modes with their weights. (Measured at this budget: MFM-1 excess 0.28, GLASS-1 0.91, GLASS-8
