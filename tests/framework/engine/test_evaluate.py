@@ -154,15 +154,6 @@ class EvaluatePlugin:
 
 
 # ---------------------------------------------------------------------------------------- helpers
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small tensors: one intra-op thread is faster, and far faster on a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def system() -> tuple[PluginSystem, EvaluatePlugin]:
     fresh = PluginSystem.load(autoload=True, modules=(), blocked=(), trace=False)

@@ -20,7 +20,6 @@ import copy
 import json
 import math
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,14 +54,6 @@ from tests.steering_helpers import (
 
 REPO = Path(__file__).resolve().parents[3]
 M, S = 0.5, 0.7
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------- 1. the target's conditional mean

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Iterator
 
 import pytest
 import tomli_w
@@ -56,14 +55,6 @@ STEER = {
     "metrics": [{"kind": "sw2", "projections": 128}, {"kind": "energy"}],
     "diagnostics": {"reference": {"kind": "exact"}, "t_grid": [0.3, 0.7], "particles": [1, 4, 64], "contexts": 64},
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
