@@ -235,7 +235,7 @@ def steered_sample(
             g = coefficient(t)
             active = g > 0
             if not bool(active.any()):
-                return model.drift(t=t, x=x, cond=ctx.cond)
+                return estimator.base_drift(t=t, x=x, context=ctx)
             b, grad = estimator.drift_and_grad_value(t=t, x=x, context=ctx)
             zero = torch.zeros_like(g)
             if renormalize is not None:  # kappa |b| / |grad V| where g_t > 0 and grad V != 0

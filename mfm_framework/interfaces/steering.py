@@ -158,11 +158,19 @@ class ValueEstimator(Component, abc.ABC):
     def drift_and_grad_value(self, *, t: Tensor, x: Tensor, context: SteeringContext) -> tuple[Tensor, Tensor]:
         """The base drift ``b_t(x)`` and ``grad_x V_t(x)`` at the same points, both ``[B, *D]``, detached.
 
-        What the steering engine calls at each drift evaluation. The default evaluates the base
-        drift ``context.model.drift`` without gradients (1 NFE of the base model) and then
-        :meth:`grad_value`; an estimator that evaluates the base model at ``(t, x)`` anyway
+        What the steering engine calls at each drift evaluation. The default evaluates
+        :meth:`base_drift` (1 NFE of the base model) and then :meth:`grad_value`; an estimator that evaluates the base model at ``(t, x)`` anyway
         (DPS: ``D_t(x)`` from ``b_t(x)``) overrides it to share that forward.
         """
+        return self.base_drift(t=t, x=x, context=context), self.grad_value(t=t, x=x, context=context).detach()
+
+    def base_drift(self, *, t: Tensor, x: Tensor, context: SteeringContext) -> Tensor:
+        """The unsteered drift ``b_t(x)``, ``[B, *D]``, detached.
+
+        What the steering engine integrates where ``g_t = 0`` (``t = 1``) and what
+        :meth:`drift_and_grad_value` pairs with ``grad V``. The default is the base model's
+        ``context.model.drift`` without gradients (1 NFE of the base model); an oracle may
+        override it with an exact drift.
+        """
         with torch.no_grad():
-            drift = context.model.drift(t=t, x=x, cond=context.cond)
-        return drift, self.grad_value(t=t, x=x, context=context).detach()
+            return context.model.drift(t=t, x=x, cond=context.cond)

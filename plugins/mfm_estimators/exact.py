@@ -105,18 +105,17 @@ class ExactValue(ValueEstimator):
             (grad,) = torch.autograd.grad(v.sum(), inputs=[xx])
         return grad.detach()
 
-    def drift_and_grad_value(self, *, t: Tensor, x: Tensor, context: SteeringContext) -> tuple[Tensor, Tensor]:
-        """The base drift and ``grad V_t(x)``, both ``[B, D]``, detached.
+    def base_drift(self, *, t: Tensor, x: Tensor, context: SteeringContext) -> Tensor:
+        """The base drift ``b_t(x)``, ``[B, D]``, detached.
 
-        With ``exact_drift`` the drift is the data law's exact velocity (0 NFE); otherwise the
-        model's base drift (1 base NFE, the interface's default).
+        With ``exact_drift`` the data law's exact velocity (0 NFE, also where ``g_t = 0``);
+        otherwise the model's base drift (1 base NFE, the interface's default).
         """
         if not self.options.exact_drift:
-            return super().drift_and_grad_value(t=t, x=x, context=context)
+            return super().base_drift(t=t, x=x, context=context)
         data, _, interpolant = self._oracle(context)
         with torch.no_grad():
-            drift = data.velocity(t=t, x=x, interpolant=interpolant)
-        return drift.detach(), self.grad_value(t=t, x=x, context=context)
+            return data.velocity(t=t, x=x, interpolant=interpolant).detach()
 
 
 EXACT_ESTIMATORS: tuple[type, ...] = (ExactValue,)

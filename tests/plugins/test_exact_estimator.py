@@ -134,6 +134,26 @@ def test_exact_drift_option() -> None:
     assert model.drift_calls == 1 and (drift == 7.0).all()
 
 
+def test_the_oracle_never_calls_the_model_up_to_t_1() -> None:
+    """With ``exact_drift`` the steering engine's drift is exact on the whole grid, ``g_t = 0`` at t = 1 too."""
+    from mfm_framework.steering import steered_sample
+
+    data, interp = GaussianMixture(GaussianMixtureOptions(**RICH), dtype=F64), interpolant("linear")
+    reward = rewards()["gaussian-likelihood"]
+    model = FakeModel(interp)
+    context = SteeringContext(model=model, reward=reward, data=data, generator=gen(3))
+    x = torch.randn(16, 2, generator=gen(4), dtype=F64)
+    heun = default_plugin_system().registry.get(kind_by_name("integrator"), "heun").cls()
+    times = torch.tensor([0.6, 1.0], dtype=F64)
+    result = steered_sample(estimator=ExactValue(ExactValueOptions(exact_drift=True)), integrator=heun, context=context, x=x, times=times)
+    assert model.drift_calls == 0 and result.cost.base_forwards == 0
+    tilted = data.tilted(reward.closed_form())
+    first = tilted.velocity(t=times[:1].expand(16), x=x, interpolant=interp)
+    guess = x + 0.4 * first
+    last = data.velocity(t=times[1:].expand(16), x=guess, interpolant=interp)  # g_1 = 0: the base drift alone
+    close(result.samples, x + 0.2 * (first + last), 1e-10)
+
+
 def test_clear_errors() -> None:
     data, interp = GaussianMixture(GaussianMixtureOptions(**RICH), dtype=F64), interpolant("linear")
     t, x = inputs(6, b=3)
