@@ -10,6 +10,10 @@ so with ``M = (I + c2 A)^-1 A``:
 
 and the tilted law is ``N(m_r, C_r)``, ``C_r = (I / s^2 + A)^-1``, ``m_r = C_r (m / s^2 + A c)``;
 its marginal at ``t`` is ``N(b m_r, b^2 C_r + a^2 I)``.
+
+The model, the quadratic reward and the closed forms of ``V`` and ``grad V`` live in the public
+:mod:`mfm_framework.testing.exact` (the value-estimator conformance suite uses them too); this
+module keeps the names the tests import.
 """
 
 from __future__ import annotations
@@ -17,14 +21,39 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mfm_framework.interfaces import Backbone, Reward, SteeringContext, ValueEstimator
+from mfm_framework.interfaces import Backbone, SteeringContext, ValueEstimator
 from mfm_framework.kinds import kind_by_name
 from mfm_framework.model import MetaFlowMap
 from mfm_framework.plugins import default_plugin_system
-from mfm_framework.testing.exact import GaussianFlowMapBackbone, GaussianFlowMapOptions
+from mfm_framework.testing.exact import (
+    LinearSchedule,
+    gaussian_grad_log_value,
+    gaussian_log_value,
+    gaussian_meta_flow_map,
+)
+from mfm_framework.testing.exact import QuadraticTestReward as QuadraticReward
+from mfm_framework.testing.exact import random_quadratic_reward as random_quadratic
+
+__all__ = [
+    "F64",
+    "REG",
+    "BlackBoxReward",
+    "ExactGaussianValue",
+    "QuadraticReward",
+    "TinyNet",
+    "comp",
+    "exact_grad_value",
+    "exact_value",
+    "gaussian_model",
+    "random_quadratic",
+    "tilted_marginal_draw",
+    "tilted_moments",
+    "tiny_model",
+]
 
 F64 = torch.float64
 REG = default_plugin_system().registry
+_LINEAR = LinearSchedule()
 
 
 def comp(kind: str, name: str, **options):
@@ -34,27 +63,10 @@ def comp(kind: str, name: str, **options):
 
 
 def gaussian_model(*, dim: int = 2, mean: float = 0.5, std: float = 0.7) -> MetaFlowMap:
-    """A float64 meta flow map whose maps are exact for data ``N(mean, std^2 I)``."""
-    outer, inner = comp("interpolant", "linear"), comp("interpolant", "linear")
-    backbone = GaussianFlowMapBackbone(GaussianFlowMapOptions(mean=mean, std=std), data_shape=(dim,))
-    return MetaFlowMap(backbone.bind(interpolant=outer, inner=inner), outer, inner).to(F64)
-
-
-class QuadraticReward(Reward):
-    """``r(x_1) = -(x_1 - c)^T A (x_1 - c) / 2``; ``c`` is a parameter (it must never get a gradient)."""
-
-    name = "test-quadratic"
-
-    def __init__(self, a: Tensor, c: Tensor) -> None:
-        super().__init__()
-        self.a = a
-        self.c = nn.Parameter(c.clone())
-        self.calls = 0
-
-    def __call__(self, x_1: Tensor, *, cond: Tensor | None = None) -> Tensor:
-        self.calls += x_1.shape[0]
-        d = x_1 - self.c
-        return -0.5 * torch.einsum("bi,ij,bj->b", d, self.a, d)
+    """A float64 meta flow map whose maps are exact for data ``N(mean, std^2 I)`` (registered linear schedules)."""
+    return gaussian_meta_flow_map(
+        dim=dim, mean=mean, std=std, interpolant=comp("interpolant", "linear"), inner=comp("interpolant", "linear")
+    )
 
 
 class BlackBoxReward(QuadraticReward):
@@ -64,37 +76,14 @@ class BlackBoxReward(QuadraticReward):
     is_differentiable = False
 
 
-def random_quadratic(dim: int, generator: torch.Generator, *, strength: float = 1.0) -> QuadraticReward:
-    """A quadratic reward with a random SPD ``A`` (eigenvalues in [0.5, 1.5] times ``strength``) and centre."""
-    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=F64))
-    lam = strength * (0.5 + torch.rand(dim, generator=generator, dtype=F64))
-    c = 1.5 * torch.randn(dim, generator=generator, dtype=F64)
-    return QuadraticReward(q @ torch.diag(lam) @ q.T, c)
-
-
-def _posterior(t: Tensor, x: Tensor, mean: float, std: float) -> tuple[Tensor, Tensor, Tensor]:
-    a2, b = ((1 - t) ** 2)[:, None], t[:, None]
-    den = a2 + b**2 * std**2
-    return (a2 * mean + b * std**2 * x) / den, std**2 * a2 / den, b * std**2 / den
-
-
 def exact_value(reward: QuadraticReward, t: Tensor, x: Tensor, *, mean: float = 0.5, std: float = 0.7) -> Tensor:
     """``V_t(x)``, ``[B]``."""
-    mu, c2, _ = _posterior(t, x, mean, std)
-    eye = torch.eye(x.shape[1], dtype=F64)
-    a, d = reward.a, mu - reward.c.detach()
-    mats = eye + c2[:, :, None] * a  # [B, D, D]
-    m = torch.linalg.solve(mats, a.expand_as(mats))
-    return -0.5 * torch.einsum("bi,bij,bj->b", d, m, d) - 0.5 * torch.logdet(mats)
+    return gaussian_log_value(form=reward.closed_form(), t=t, x=x, mean=mean, std=std, interpolant=_LINEAR)
 
 
 def exact_grad_value(reward: QuadraticReward, t: Tensor, x: Tensor, *, mean: float = 0.5, std: float = 0.7) -> Tensor:
     """``grad V_t(x)``, ``[B, D]``."""
-    mu, c2, dmu = _posterior(t, x, mean, std)
-    eye = torch.eye(x.shape[1], dtype=F64)
-    mats = eye + c2[:, :, None] * reward.a
-    m = torch.linalg.solve(mats, reward.a.expand_as(mats))
-    return -dmu * torch.einsum("bij,bj->bi", m, mu - reward.c.detach())
+    return gaussian_grad_log_value(form=reward.closed_form(), t=t, x=x, mean=mean, std=std, interpolant=_LINEAR)
 
 
 def tilted_moments(reward: QuadraticReward, *, dim: int, mean: float = 0.5, std: float = 0.7) -> tuple[Tensor, Tensor]:
