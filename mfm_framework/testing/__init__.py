@@ -15,6 +15,16 @@ module; pytest then runs every check of a suite once per registered component of
     class TestInterpolants(InterpolantConformance):
         pass
 
+Suites (one per kind that has one):
+
+- ``ComponentContract``: the component contract, over every kind;
+- ``InterpolantConformance``: ``interpolant``;
+- ``IntegratorConformance``: ``integrator``;
+- ``RewardConformance``: ``reward`` (rewards with required options need ``example_options``);
+- ``ValueEstimatorConformance``: ``value-estimator``, on closed-form Gaussian contexts
+  (``biased`` lists estimators exempt from the consistency check; ``make_data`` gives exact
+  oracles their data law).
+
 Selecting components:
 
 - ``--mfm-components=NAME1,NAME2`` on the command line restricts every suite to these component
@@ -44,14 +54,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from mfm_framework.plugins import PluginSystem
     from mfm_framework.testing._suite import ConformanceSuite, applies_to, select_components
     from mfm_framework.testing.contract import ComponentContract
+    from mfm_framework.testing.estimator import ValueEstimatorConformance
     from mfm_framework.testing.integrator import IntegratorConformance
     from mfm_framework.testing.interpolant import InterpolantConformance
+    from mfm_framework.testing.reward import RewardConformance
 
 __all__ = [
     "ComponentContract",
     "ConformanceSuite",
     "IntegratorConformance",
     "InterpolantConformance",
+    "RewardConformance",
+    "ValueEstimatorConformance",
     "applies_to",
     "mfm_plugin_system",
     "pytest_addoption",
@@ -67,6 +81,8 @@ _LAZY = {
     "ConformanceSuite": "mfm_framework.testing._suite",
     "IntegratorConformance": "mfm_framework.testing.integrator",
     "InterpolantConformance": "mfm_framework.testing.interpolant",
+    "RewardConformance": "mfm_framework.testing.reward",
+    "ValueEstimatorConformance": "mfm_framework.testing.estimator",
     "applies_to": "mfm_framework.testing._suite",
     "select_components": "mfm_framework.testing._suite",
 }
