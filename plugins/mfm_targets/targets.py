@@ -24,7 +24,7 @@ class DataTarget(DiagonalTarget):
     name = "data"
 
     def drift(self, *, s: Tensor, y: Tensor, t: Tensor, x: Tensor, eps: Tensor, x_1: Tensor, inner: Any, cond: Tensor | None = None) -> Tensor:
-        return inner.velocity_target(x_0=eps, x_1=x_1, t=s)
+        return inner.velocity_target(x_0=eps, x_1=x_1, t=s).detach()
 
 
 def _check_teacher(instance: Any, attribute: Any, value: str | None) -> None:
