@@ -23,7 +23,16 @@ Suites (one per kind that has one):
 - ``RewardConformance``: ``reward`` (rewards with required options need ``example_options``);
 - ``ValueEstimatorConformance``: ``value-estimator``, on closed-form Gaussian contexts
   (``biased`` lists estimators exempt from the consistency check; ``make_data`` gives exact
-  oracles their data law).
+  oracles their data law);
+- ``BackboneConformance``: ``backbone`` (``data_shapes`` per name for backbones of other shapes);
+- ``ConsistencyLossConformance``: ``consistency-loss``, on the exact flow map of Gaussian data;
+- ``DiagonalTargetConformance``: ``diagonal-target``, against the exact conditional drift;
+- ``DataSourceConformance``: ``data-source``;
+- ``MetricConformance``: ``metric`` (``shapes`` per name for metrics of other sample shapes).
+
+The suites that build components with options (reward and the five above) take
+``example_options`` per component name; a component whose options have required fields and no
+example is skipped, with a message naming it.
 
 Selecting components:
 
@@ -53,17 +62,27 @@ import pytest
 if TYPE_CHECKING:  # pragma: no cover
     from mfm_framework.plugins import PluginSystem
     from mfm_framework.testing._suite import ConformanceSuite, applies_to, select_components
+    from mfm_framework.testing.backbone import BackboneConformance
     from mfm_framework.testing.contract import ComponentContract
+    from mfm_framework.testing.data import DataSourceConformance
     from mfm_framework.testing.estimator import ValueEstimatorConformance
     from mfm_framework.testing.integrator import IntegratorConformance
     from mfm_framework.testing.interpolant import InterpolantConformance
+    from mfm_framework.testing.loss import ConsistencyLossConformance
+    from mfm_framework.testing.metric import MetricConformance
     from mfm_framework.testing.reward import RewardConformance
+    from mfm_framework.testing.target import DiagonalTargetConformance
 
 __all__ = [
+    "BackboneConformance",
     "ComponentContract",
     "ConformanceSuite",
+    "ConsistencyLossConformance",
+    "DataSourceConformance",
+    "DiagonalTargetConformance",
     "IntegratorConformance",
     "InterpolantConformance",
+    "MetricConformance",
     "RewardConformance",
     "ValueEstimatorConformance",
     "applies_to",
@@ -77,10 +96,15 @@ OPTION = "--mfm-components"
 OPTION_DEST = "mfm_components"
 
 _LAZY = {
+    "BackboneConformance": "mfm_framework.testing.backbone",
     "ComponentContract": "mfm_framework.testing.contract",
     "ConformanceSuite": "mfm_framework.testing._suite",
+    "ConsistencyLossConformance": "mfm_framework.testing.loss",
+    "DataSourceConformance": "mfm_framework.testing.data",
+    "DiagonalTargetConformance": "mfm_framework.testing.target",
     "IntegratorConformance": "mfm_framework.testing.integrator",
     "InterpolantConformance": "mfm_framework.testing.interpolant",
+    "MetricConformance": "mfm_framework.testing.metric",
     "RewardConformance": "mfm_framework.testing.reward",
     "ValueEstimatorConformance": "mfm_framework.testing.estimator",
     "applies_to": "mfm_framework.testing._suite",
