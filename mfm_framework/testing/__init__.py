@@ -30,7 +30,7 @@ Suites (one per kind that has one):
 - ``DataSourceConformance``: ``data-source``;
 - ``MetricConformance``: ``metric`` (``shapes`` per name for metrics of other sample shapes).
 
-The suites that build components with options (reward and the five above) take
+The suites that build components with options (reward, value-estimator and the five above) take
 ``example_options`` per component name; a component whose options have required fields and no
 example is skipped, with a message naming it.
 

@@ -30,21 +30,25 @@ class ExampleOptions:
 
     example_options: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
-    def component_options(self, component_cls: type) -> Any:
+    def describe_component(self, component_cls: type) -> str:
+        """How the skip message names a component: ``component 'name' (ClassName)``; suites may override."""
+        name = getattr(component_cls, "name", component_cls.__qualname__)
+        return f"component {name!r} ({component_cls.__name__})"
+
+    def component_options(self, component_cls: type, **overrides: Any) -> Any:
         """The options instance to build ``component_cls`` with.
 
-        Its :attr:`example_options` entry if it has one, else the default options; a component
-        whose options have required fields and no example is skipped, with a message naming it.
+        Its :attr:`example_options` entry if it has one, else the default options, in either case
+        updated by ``overrides``; a component whose options have required fields and no example is
+        skipped, with a message naming it.
         """
         options_cls = component_cls.Options
         name = getattr(component_cls, "name", component_cls.__qualname__)
         example = self.example_options.get(name)
-        if example is not None:
-            return options_cls(**dict(example))
-        required = required_fields(options_cls)
+        required = required_fields(options_cls) if example is None else []
         if required:
             pytest.skip(
-                f"component {name!r} ({component_cls.__name__}) has required options {required} and no example "
+                f"{self.describe_component(component_cls)} has required options {required} and no example "
                 f"options: set example_options = {{{name!r}: {{...}}}} in a {type(self).__name__} subclass"
             )
-        return options_cls()
+        return options_cls(**{**(example or {}), **overrides})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import attrs
@@ -17,6 +17,7 @@ from mfm_framework.interfaces import (
     ValueEstimator,
 )
 from mfm_framework.model import MetaFlowMap
+from mfm_framework.testing._options import ExampleOptions
 from mfm_framework.testing._suite import ConformanceSuite, applies_to, assert_close
 from mfm_framework.testing.exact import (
     LinearSchedule,
@@ -38,15 +39,11 @@ def _gradient_free(component_cls: type) -> bool:
     return not getattr(component_cls, "requires_differentiable_reward", True)
 
 
-def _all_default(options_cls: type) -> bool:
-    return attrs.has(options_cls) and all(f.default is not attrs.NOTHING for f in attrs.fields(options_cls))
-
-
 def _relative_error(got: Tensor, want: Tensor) -> float:
     return ((got - want).norm() / want.norm().clamp_min(1e-300)).item()
 
 
-class ValueEstimatorConformance(ConformanceSuite):
+class ValueEstimatorConformance(ExampleOptions, ConformanceSuite):
     """Checks a :class:`~mfm_framework.interfaces.ValueEstimator` against closed forms.
 
     The context is exact: Gaussian data ``N(mean 1, std^2 I)`` in :attr:`dim` dimensions, the exact
@@ -89,7 +86,8 @@ class ValueEstimatorConformance(ConformanceSuite):
 
     Attributes:
         example_options: options (keyword arguments of the estimator's ``Options``) per estimator
-            name, used by every check; extend it in a subclass.
+            name, used by every check (see :class:`~mfm_framework.testing._options.ExampleOptions`);
+            extend it in a subclass.
         biased: names of the estimators exempt from the consistency check.
         dim: the data dimension.
         mean: the data mean (each coordinate).
@@ -105,7 +103,6 @@ class ValueEstimatorConformance(ConformanceSuite):
     """
 
     kind = "value-estimator"
-    example_options: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     biased: ClassVar[tuple[str, ...]] = ()
     dim: ClassVar[int] = 2
     mean: ClassVar[float] = 0.5
@@ -123,16 +120,15 @@ class ValueEstimatorConformance(ConformanceSuite):
 
         Skips the check, naming the estimator, when its options have required fields and no example.
         """
-        name, options_cls = component_cls.name, component_cls.Options
-        example = dict(self.example_options.get(name, {}))
-        if name not in self.example_options and not _all_default(options_cls):
-            pytest.skip(
-                f"value estimator {name!r} has required options and no example options: set "
-                f"example_options = {{{name!r}: {{...}}}} in the {type(self).__name__} subclass"
-            )
+        options_cls = component_cls.Options
+        overrides = {}
         if particles is not None and attrs.has(options_cls) and "particles" in attrs.fields_dict(options_cls):
-            example["particles"] = particles
-        return component_cls(options_cls(**example))
+            overrides["particles"] = particles
+        return component_cls(self.component_options(component_cls, **overrides))
+
+    def describe_component(self, component_cls: type) -> str:
+        """``value estimator 'name'``, as the skip message names it."""
+        return f"value estimator {component_cls.name!r}"
 
     def make_interpolant(self) -> Interpolant:
         """The outer (and inner) schedule of the model: the linear one by default."""
@@ -190,6 +186,23 @@ class ValueEstimatorConformance(ConformanceSuite):
             est, "drift_and_grad_value", t=t, x=x, context=self.context(model, reward, seed)
         )
         return out
+
+    def _assert_same_outputs(
+        self, est: ValueEstimator, reference: dict[str, Tensor], *, failure: str, differs: Callable[[str], str], **kwargs: Any
+    ) -> None:
+        """:meth:`_all_outputs` with ``kwargs`` gives ``reference`` again (to float64 round-off).
+
+        An exception (a skip aside) fails the check with ``failure`` and the exception; an output
+        that differs fails it with ``differs(name)``.
+        """
+        try:
+            outputs = self._all_outputs(est, **kwargs)
+        except pytest.skip.Exception:
+            raise
+        except Exception as exc:
+            raise AssertionError(f"{failure}: {exc!r}") from exc
+        for name, expected in reference.items():
+            assert_close(outputs[name], expected, rtol=1e-10, atol=1e-12, what=differs(name))
 
     # ------------------------------------------------------------------ checks
     def test_shapes_dtypes_and_finite(self, component_cls: type) -> None:
@@ -255,20 +268,16 @@ class ValueEstimatorConformance(ConformanceSuite):
         reward = self.make_reward("test_works_under_no_grad")
         t, x = self.contexts("test_works_under_no_grad")
         plain = self._all_outputs(est, t=t, x=x, model=model, reward=reward, seed=2)
-        try:
-            with torch.no_grad():
-                quiet = self._all_outputs(est, t=t, x=x, model=model, reward=reward, seed=2)
-        except pytest.skip.Exception:
-            raise
-        except Exception as exc:
-            raise AssertionError(
-                f"value estimator {est.name!r} fails under an outer torch.no_grad() (the steering engine runs in one; "
-                f"wrap its own autograd in torch.enable_grad()): {exc!r}"
-            ) from exc
-        for what in plain:
-            assert_close(
-                quiet[what], plain[what], rtol=1e-10, atol=1e-12,
-                what=f"value estimator {est.name!r}: {what} under torch.no_grad() differs from {what} without it (same seed)",
+        with torch.no_grad():
+            self._assert_same_outputs(
+                est, plain, t=t, x=x, model=model, reward=reward, seed=2,
+                failure=(
+                    f"value estimator {est.name!r} fails under an outer torch.no_grad() (the steering engine runs in one; "
+                    "wrap its own autograd in torch.enable_grad())"
+                ),
+                differs=lambda what: (
+                    f"value estimator {est.name!r}: {what} under torch.no_grad() differs from {what} without it (same seed)"
+                ),
             )
 
     def test_drift_and_grad_value(self, component_cls: type) -> None:
@@ -359,23 +368,17 @@ class ValueEstimatorConformance(ConformanceSuite):
         black_box = NonDifferentiableReward(reward)
         t, x = self.contexts("test_gradient_free_with_black_box_reward")
         reference = self._all_outputs(est, t=t, x=x, model=model, reward=reward, seed=7)
-        try:
-            outputs = self._all_outputs(est, t=t, x=x, model=model, reward=black_box, seed=7)
-        except pytest.skip.Exception:
-            raise
-        except Exception as exc:
-            raise AssertionError(
+        self._assert_same_outputs(
+            est, reference, t=t, x=x, model=model, reward=black_box, seed=7,
+            failure=(
                 f"value estimator {est.name!r} declares requires_differentiable_reward = False but fails with a "
-                f"reward that is not differentiable: {exc!r}"
-            ) from exc
-        for what in reference:
-            assert_close(
-                outputs[what], reference[what], rtol=1e-10, atol=1e-12,
-                what=(
-                    f"value estimator {est.name!r} declares requires_differentiable_reward = False, but its {what} "
-                    "changes when the reward is not differentiable (does it back-propagate through the reward?)"
-                ),
-            )
+                "reward that is not differentiable"
+            ),
+            differs=lambda what: (
+                f"value estimator {est.name!r} declares requires_differentiable_reward = False, but its {what} "
+                "changes when the reward is not differentiable (does it back-propagate through the reward?)"
+            ),
+        )
 
     def test_reproducible_with_context_generator(self, component_cls: type) -> None:
         """The same ``context.generator`` seed gives identical outputs, whatever the global generator did."""

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from mfm_framework.interfaces import ExpQuadraticMixture, Reward
+from mfm_framework.testing._options import ExampleOptions
 from mfm_framework.testing._suite import ConformanceSuite, applies_to, assert_close
 
 __all__ = ["RewardConformance", "reward_tensors"]
@@ -20,10 +21,6 @@ F32, F64 = torch.float32, torch.float64
 
 def _is_differentiable(component_cls: type) -> bool:
     return bool(getattr(component_cls, "is_differentiable", False))
-
-
-def _all_default(options_cls: type) -> bool:
-    return attrs.has(options_cls) and all(f.default is not attrs.NOTHING for f in attrs.fields(options_cls))
 
 
 def reward_tensors(reward: Any) -> list[tuple[str, Tensor]]:
@@ -62,7 +59,7 @@ def reward_tensors(reward: Any) -> list[tuple[str, Tensor]]:
     return list(found.values())
 
 
-class RewardConformance(ConformanceSuite):
+class RewardConformance(ExampleOptions, ConformanceSuite):
     """Checks a :class:`~mfm_framework.interfaces.Reward`: shapes, dtypes, gradients, closed form, scale.
 
     Each check builds the reward with :meth:`make_component`: with the options in
@@ -84,9 +81,9 @@ class RewardConformance(ConformanceSuite):
 
     Attributes:
         example_options: options (keyword arguments of the reward's ``Options``) per reward name,
-            for rewards that have no default options or should be checked with others; extend it
-            in a subclass, e.g. ``example_options = {**RewardConformance.example_options,
-            "my-reward": {"target": (1.0, 2.0)}}``.
+            for rewards that have no default options or should be checked with others (see
+            :class:`~mfm_framework.testing._options.ExampleOptions`); extend it in a subclass, e.g.
+            ``example_options = {**RewardConformance.example_options, "my-reward": {"target": (1.0, 2.0)}}``.
         shape: the per-sample shape of the inputs when the reward says nothing (no ``dim`` or
             ``data_shape`` attribute).
         batch: rows per input batch.
@@ -98,7 +95,6 @@ class RewardConformance(ConformanceSuite):
     """
 
     kind = "reward"
-    example_options: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     shape: ClassVar[tuple[int, ...]] = (3,)
     batch: ClassVar[int] = 16
     spread: ClassVar[float] = 2.0
@@ -113,17 +109,11 @@ class RewardConformance(ConformanceSuite):
 
         Skips the check, naming the reward and its required options, when there is neither.
         """
-        name = component_cls.name
-        options_cls = component_cls.Options
-        example = self.example_options.get(name)
-        if example is None and not _all_default(options_cls):
-            required = [f.name for f in attrs.fields(options_cls) if f.default is attrs.NOTHING] if attrs.has(options_cls) else []
-            pytest.skip(
-                f"reward {name!r} has required options {required} and no example options: set "
-                f"example_options = {{{name!r}: {{...}}}} in the {type(self).__name__} subclass"
-            )
-        options = options_cls(**{**(example or {}), **overrides})
-        return component_cls(options)
+        return component_cls(self.component_options(component_cls, **overrides))
+
+    def describe_component(self, component_cls: type) -> str:
+        """``reward 'name'``, as the skip message names it."""
+        return f"reward {component_cls.name!r}"
 
     def input_shape(self, reward: Reward) -> tuple[int, ...]:
         """Per-sample input shape: ``(reward.dim,)``, else ``reward.data_shape``, else :attr:`shape`."""
