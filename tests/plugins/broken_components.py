@@ -1,7 +1,8 @@
 """Deliberately wrong components, to prove that the conformance suites catch real bugs.
 
 Each class names the bug it carries; :data:`EXPECTED_FAILURES` lists, per component, suite checks
-that must fail on it. :class:`BrokenPlugin` registers them all (through the ordinary hooks).
+that must fail on it, and :data:`STILL_PASSING` checks that must not (the checks are specific).
+:class:`BrokenPlugin` registers them all (through the ordinary hooks).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from mfm_framework import hookimpl
 __all__ = [
     "DISTRIBUTION",
     "EXPECTED_FAILURES",
+    "STILL_PASSING",
     "BrokenPlugin",
     "DoubleNoiseIntegrator",
     "FakeHeunIntegrator",
@@ -150,6 +152,14 @@ EXPECTED_FAILURES: dict[type, list[tuple[str, str]]] = {
     GlobalRngIntegrator: [("IntegratorConformance", "test_sde_generator_reproducibility")],
     MutableOptionsIntegrator: [("ComponentContract", "test_options_is_frozen_attrs_class")],
 }
+
+#: Checks that must still pass on a broken component: each bug fails the checks about it only.
+STILL_PASSING: list[tuple[type, str, str]] = [
+    (WrongDbetaInterpolant, "InterpolantConformance", "test_time_from_snr_inverts_snr"),
+    (WrongInverseInterpolant, "InterpolantConformance", "test_derivatives_match_finite_differences"),
+    (FakeHeunIntegrator, "IntegratorConformance", "test_keep_path"),
+    (DoubleNoiseIntegrator, "IntegratorConformance", "test_sde_generator_reproducibility"),
+]
 
 
 class BrokenPlugin:

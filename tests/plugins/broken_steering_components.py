@@ -1,7 +1,8 @@
 """Deliberately wrong rewards and value estimators, to prove the steering conformance suites catch real bugs.
 
 Each class names the bug it carries; :data:`EXPECTED_FAILURES` lists, per component, the suite
-checks that must fail on it and a fragment of the message each failure must show.
+checks that must fail on it and a fragment of the message each failure must show, and
+:data:`STILL_PASSING` checks that must not fail (the checks are specific).
 :class:`BrokenSteeringPlugin` registers them all (through the ordinary hooks).
 """
 
@@ -24,6 +25,7 @@ __all__ = [
     "DISTRIBUTION",
     "EXAMPLE_OPTIONS",
     "EXPECTED_FAILURES",
+    "STILL_PASSING",
     "BrokenSteeringPlugin",
 ]
 
@@ -215,6 +217,14 @@ class NoLogNMFMG(MFMGradient):
         return super().value(t=t, x=x, context=context) + torch.log(torch.tensor(float(self.options.particles)))
 
 
+def _log_sum_exp_reward(est: MFMGradient, *, t: Tensor, x: Tensor, context: SteeringContext) -> Tensor:
+    """``sum_b logsumexp_i r(x_1^(b,i))`` over ``est``'s posterior draws at ``(t, x)``: what MFM-G differentiates."""
+    draws = est.draws(t=t, x=x, context=context)
+    n = draws.shape[1]
+    r = context.reward(draws.reshape(-1, *draws.shape[2:])).reshape(-1, n)
+    return torch.logsumexp(r, dim=1).sum()
+
+
 class LeakyMFMG(MFMGradient):
     """MFM-G that calls ``.backward()``: the gradient also reaches the model's and the reward's parameters."""
 
@@ -223,10 +233,7 @@ class LeakyMFMG(MFMGradient):
     def grad_value(self, *, t: Tensor, x: Tensor, context: SteeringContext) -> Tensor:
         with torch.enable_grad():
             x_ = x.detach().requires_grad_(True)
-            draws = self.draws(t=t, x=x_, context=context)
-            n = draws.shape[1]
-            r = context.reward(draws.reshape(-1, *draws.shape[2:])).reshape(-1, n)
-            (torch.logsumexp(r, dim=1)).sum().backward()
+            _log_sum_exp_reward(self, t=t, x=x_, context=context).backward()
         return x_.grad
 
 
@@ -238,10 +245,7 @@ class AttachedMFMG(MFMGradient):
     def grad_value(self, *, t: Tensor, x: Tensor, context: SteeringContext) -> Tensor:
         with torch.enable_grad():
             x_ = x.detach().requires_grad_(True)
-            draws = self.draws(t=t, x=x_, context=context)
-            n = draws.shape[1]
-            r = context.reward(draws.reshape(-1, *draws.shape[2:])).reshape(-1, n)
-            (grad,) = torch.autograd.grad(torch.logsumexp(r, dim=1).sum(), [x_], create_graph=True)
+            (grad,) = torch.autograd.grad(_log_sum_exp_reward(self, t=t, x=x_, context=context), [x_], create_graph=True)
         return grad
 
 
@@ -252,10 +256,7 @@ class NoGradFragileMFMG(MFMGradient):
 
     def grad_value(self, *, t: Tensor, x: Tensor, context: SteeringContext) -> Tensor:
         x_ = x.detach().requires_grad_(True)
-        draws = self.draws(t=t, x=x_, context=context)
-        n = draws.shape[1]
-        r = context.reward(draws.reshape(-1, *draws.shape[2:])).reshape(-1, n)
-        (grad,) = torch.autograd.grad(torch.logsumexp(r, dim=1).sum(), [x_])
+        (grad,) = torch.autograd.grad(_log_sum_exp_reward(self, t=t, x=x_, context=context), [x_])
         return grad
 
 
@@ -399,6 +400,24 @@ EXPECTED_FAILURES: dict[type, list[tuple[str, str, str]]] = {
     Float64MFMGF: [(E, "test_shapes_dtypes_and_finite", "grad_value returned torch.float64 for torch.float32")],
     ColumnValueMFMGF: [(E, "test_shapes_dtypes_and_finite", "value returned (6, 1), expected (6,)")],
 }
+
+#: Checks that must still pass on a broken component: each bug fails the checks about it only.
+STILL_PASSING: list[tuple[type, str, str]] = [
+    (WrongSignGradientReward, R, "test_shape_and_dtype"),
+    (WrongSignGradientReward, R, "test_closed_form_matches_values"),
+    (WrongSignGradientReward, R, "test_scale_multiplies_reward"),
+    (OffsetClosedFormReward, R, "test_closed_form_matches_values"),
+    (TrainableReward, R, "test_gradient_matches_finite_differences"),
+    (FlippedSignMFMG, E, "test_shapes_dtypes_and_finite"),
+    (FlippedSignMFMG, E, "test_gradients_reach_x_only"),
+    (FlippedSignMFMG, E, "test_reproducible_with_context_generator"),
+    (FlippedSignDPS, E, "test_drift_and_grad_value"),
+    (LeakyMFMG, E, "test_consistent_with_closed_form"),
+    (MissingFactorMFMGF, E, "test_gradient_free_with_black_box_reward"),
+    (DishonestMFMG, E, "test_consistent_with_closed_form"),
+    (NoLogNMFMG, E, "test_linear_reward_gradient"),
+    (WrongDriftMFMGF, E, "test_consistent_with_closed_form"),
+]
 
 
 class BrokenSteeringPlugin:

@@ -468,7 +468,7 @@ def test_posterior_at_the_ends() -> None:
 
 def test_batches_split_the_global_batch_across_ranks() -> None:
     """Shapes, labels, seeds and disjoint ranks are in the data-source conformance suite
-    (tests/plugins/test_conformance_components.py); the gmm also promises that the ranks' batches
+    (tests/plugins/test_conformance.py); the gmm also promises that the ranks' batches
     together are the batch one process would draw, and rejects a rank outside the world."""
     g = gmm(preset="grid-25", dim=3, labelled=True)
     r0 = g.batches(batch_size=16, generator=gen(71), rank=0, world_size=2)

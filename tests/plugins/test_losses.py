@@ -2,7 +2,7 @@
 
 The interface-level checks of every loss (finite scalar, gradients, ~0 on the exact map, positive
 off it, stationary at it, seeds, ``requires_jvp``) are the consistency-loss conformance suite
-(tests/plugins/test_conformance_components.py); this module checks what only the first-party
+(tests/plugins/test_conformance.py); this module checks what only the first-party
 losses have: residuals at interior contexts, the teacher, the curriculum, the pair distributions,
 the adaptive weighting.
 """
@@ -71,7 +71,7 @@ def test_self_consistency_residual_vanishes_for_the_exact_map(name, options, int
 
 class TestEulerianAlongTheTargetDrift(ConsistencyLossConformance):
     """The consistency-loss suite on ``eulerian`` with ``drift = "target"`` (the default options run in
-    test_conformance_components.py): exact at t = 1, stationary at the exact map with data-pair targets."""
+    test_conformance.py): exact at t = 1, stationary at the exact map with data-pair targets."""
 
     distribution = "mfm-framework"
     only = ("eulerian",)
