@@ -279,17 +279,24 @@ def _cross_checks(spec: RunSpec) -> list[tuple[str, str]]:
     return problems
 
 
+def _model_and_headline_checks(spec: RunSpec, section: Any, name: str) -> list[tuple[str, str]]:
+    """Problems shared by the stages that use a trained model and report a headline metric:
+    no model to use (neither ``model`` nor a ``[train]`` section), a headline that is not a metric."""
+    problems: list[tuple[str, str]] = []
+    if spec.train is None and section.model is None:
+        problems.append((f"$.{name}.model", "which model? give the path of a model.pt, or add a [train] section"))
+    names = [m.name for m in section.metrics]
+    if section.headline not in names:
+        problems.append((f"$.{name}.headline", f"{section.headline!r} is not one of the metrics ({', '.join(names) or 'none'})"))
+    return problems
+
+
 def _finetune_checks(spec: RunSpec) -> list[tuple[str, str]]:
     """Problems of ``[finetune]``: its model, headline, objectives, times, and a reward that
     ``"mfm-ft"`` must differentiate."""
     ft = spec.finetune
     assert ft is not None
-    problems: list[tuple[str, str]] = []
-    if spec.train is None and ft.model is None:
-        problems.append(("$.finetune.model", "which model? give the path of a model.pt, or add a [train] section"))
-    names = [m.name for m in ft.metrics]
-    if ft.headline not in names:
-        problems.append(("$.finetune.headline", f"{ft.headline!r} is not one of the metrics ({', '.join(names) or 'none'})"))
+    problems = _model_and_headline_checks(spec, ft, "finetune")
     repeated = sorted({o for o in ft.objectives if ft.objectives.count(o) > 1})
     if repeated:
         problems.append(("$.finetune.objectives", f"{', '.join(map(repr, repeated))} listed more than once"))
@@ -317,12 +324,7 @@ def _steer_checks(spec: RunSpec) -> list[tuple[str, str]]:
 
     steer = spec.steer
     assert steer is not None
-    problems: list[tuple[str, str]] = []
-    if spec.train is None and steer.model is None:
-        problems.append(("$.steer.model", "which model? give the path of a model.pt, or add a [train] section"))
-    names = [m.name for m in steer.metrics]
-    if steer.headline not in names:
-        problems.append(("$.steer.headline", f"{steer.headline!r} is not one of the metrics ({', '.join(names) or 'none'})"))
+    problems = _model_and_headline_checks(spec, steer, "steer")
     labels = steer_method_labels(steer)
     for i, (method, label) in enumerate(zip(steer.methods, labels)):
         if method.label is not None and labels.count(label) > 1:
