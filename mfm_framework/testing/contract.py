@@ -12,6 +12,7 @@ import pytest
 
 from mfm_framework.interfaces import Backbone, describe_options
 from mfm_framework.kinds import KINDS, Kind
+from mfm_framework.testing._options import required_fields
 from mfm_framework.testing._suite import ConformanceSuite
 
 __all__ = ["ComponentContract", "kind_of"]
@@ -28,10 +29,6 @@ def kind_of(component_cls: type) -> Kind | None:
         if isinstance(component_cls, type) and issubclass(component_cls, kind.interface_class()):
             return kind
     return None
-
-
-def _all_default(options_cls: type) -> bool:
-    return all(field.default is not attrs.NOTHING for field in attrs.fields(options_cls))
 
 
 class ComponentContract(ConformanceSuite):
@@ -79,7 +76,7 @@ class ComponentContract(ConformanceSuite):
             f"{options_cls.__qualname__} must be keyword-only (@attrs.frozen(kw_only=True)); "
             f"positional fields: {positional}"
         )
-        if _all_default(options_cls):
+        if not required_fields(options_cls):
             instance = options_cls()
         else:
             instance = object.__new__(options_cls)  # no defaults to build it with; frozenness is per class
@@ -96,7 +93,7 @@ class ComponentContract(ConformanceSuite):
     def test_options_default_constructible(self, component_cls: type) -> None:
         """``Options()`` works when every field has a default."""
         options_cls = component_cls.Options
-        if not _all_default(options_cls):
+        if required_fields(options_cls):
             pytest.skip(f"{options_cls.__qualname__} has required fields")
         try:
             options_cls()
@@ -118,7 +115,7 @@ class ComponentContract(ConformanceSuite):
     def test_constructible_with_default_options(self, component_cls: type) -> None:
         """The component builds with default options (and ``data_shape=(2,)`` for a backbone)."""
         options_cls = component_cls.Options
-        if not _all_default(options_cls):
+        if required_fields(options_cls):
             pytest.skip(f"{options_cls.__qualname__} has required fields")
         extra = self.constructor_kwargs(component_cls)
         required = [
