@@ -215,15 +215,21 @@ def distance_vs_nfe_plot(
     if floor is not None and math.isfinite(floor) and floor > 0:
         ax.axhline(floor, color="k", ls=":", lw=1.0, label=f"noise floor itself ({metric} = {floor:.3g})")
     ax.axhline(clip, color="0.6", ls="--", lw=0.6, label=f"excess <= {clip:.1e} (hollow: clipped)")
+    default_ylabel = f"{metric} minus noise floor (mean over t)"
+    _log_log_axes(ax, xlabel="NFE per draw", ylabel=ylabel if ylabel is not None else default_ylabel, title=title)
+    return _save(fig, path)
+
+
+def _log_log_axes(ax: Any, *, xlabel: str, ylabel: str, title: str) -> None:
+    """Log2 x, log y, labels, grid, legend and an optional title: the finish of the curve plots."""
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("NFE per draw")
-    ax.set_ylabel(ylabel if ylabel is not None else f"{metric} minus noise floor (mean over t)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
-    return _save(fig, path)
 
 
 def error_vs_particles_plot(
@@ -260,14 +266,7 @@ def error_vs_particles_plot(
         if math.isfinite(y0) and y0 > 0:
             grid = np.array(sorted(set(ns_all)), dtype=float)
             ax.plot(grid, y0 * np.sqrt(x0 / grid), color="k", ls=":", lw=1.0, label="N^-1/2")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("particles N")
-    ax.set_ylabel("relative error of grad V")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=10)
+    _log_log_axes(ax, xlabel="particles N", ylabel="relative error of grad V", title=title)
     return _save(fig, path)
 
 
